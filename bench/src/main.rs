@@ -1,0 +1,226 @@
+//! `fms-bench`: engine throughput as ratios to the limits of this machine, all measured in one
+//! run (machines here are noisy; absolute numbers from different runs do not compare).
+//!
+//! Limits: BLAKE3 alone, FastCDC alone, chunk+hash (FastCDC + per-chunk BLAKE3 + whole-file
+//! BLAKE3 on one core: the CPU limit of the write path), sequential write + fdatasync (the disk
+//! limit), sequential read. Engine: unique ingest, duplicate ingest, full read, random 1 MiB
+//! range reads — for each I/O back end available.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use fms_engine::{ChunkParams, IoMode, Store};
+use rand::rngs::SmallRng;
+use rand::{Rng, RngCore, SeedableRng};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(about = "Engine throughput against this machine's limits, in one run")]
+struct Args {
+    /// MiB of data per measurement.
+    #[arg(long, default_value_t = 1024)]
+    size_mib: usize,
+    /// Directory for the scratch files and stores (default: a temp dir under the target dir).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    json: PathBuf,
+    /// Random 1 MiB range reads.
+    #[arg(long, default_value_t = 400)]
+    ranges: usize,
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64() / 1e6
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let t = Instant::now();
+    let r = f();
+    (r, t.elapsed())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let size = args.size_mib << 20;
+    let scratch = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir_in(std::env::current_dir()?)?,
+    };
+    eprintln!("generating {} MiB of random data ...", args.size_mib);
+    let mut data = vec![0u8; size];
+    SmallRng::seed_from_u64(1).fill_bytes(&mut data);
+    let p = ChunkParams::default();
+    let mut results = serde_json::Map::new();
+    let mut rows: Vec<(String, f64, String)> = Vec::new();
+
+    // --- limits ---
+    let (h, d) = timed(|| blake3::hash(&data));
+    std::hint::black_box(h);
+    let blake = mbps(size, d);
+    let (n, d) = timed(|| {
+        fastcdc::v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize).count()
+    });
+    std::hint::black_box(n);
+    let cdc = mbps(size, d);
+    let (_, d) = timed(|| {
+        let mut file = blake3::Hasher::new();
+        for c in fastcdc::v2020::FastCDC::new(&data, p.min as usize, p.avg as usize, p.max as usize)
+        {
+            let chunk = &data[c.offset..c.offset + c.length];
+            std::hint::black_box(blake3::hash(chunk));
+            file.update(chunk);
+        }
+        std::hint::black_box(file.finalize())
+    });
+    let chunk_hash = mbps(size, d);
+    let raw_path = scratch.path().join("raw");
+    let d = raw_write(&raw_path, &data)?;
+    let disk_write = mbps(size, d);
+    let d = raw_read(&raw_path, size)?;
+    let disk_read = mbps(size, d);
+    std::fs::remove_file(&raw_path)?;
+    for (k, v) in [
+        ("blake3", blake),
+        ("fastcdc", cdc),
+        ("chunk_hash", chunk_hash),
+        ("disk_write_fdatasync", disk_write),
+        ("disk_read", disk_read),
+    ] {
+        results.insert(k.into(), json!(v));
+        rows.push((k.into(), v, "limit".into()));
+    }
+    let write_limit = chunk_hash.min(disk_write);
+    let read_limit = blake.min(disk_read);
+
+    // --- engine, per I/O back end ---
+    let mut modes = vec![IoMode::Std];
+    if fms_engine::io::open_backend(IoMode::Uring).is_ok() {
+        modes.push(IoMode::Uring);
+    }
+    for mode in modes {
+        let dir = scratch.path().join(format!("store-{mode:?}"));
+        let store = Store::builder(&dir).io_mode(mode).open()?;
+        let name = store.io_backend();
+        let ingest =
+            |store: &Store| -> Result<(fms_engine::FileInfo, Duration), fms_engine::Error> {
+                let t = Instant::now();
+                let mut w = store.writer()?;
+                for piece in data.chunks(1 << 20) {
+                    w.write(piece)?;
+                }
+                let info = w.finish()?;
+                Ok((info, t.elapsed()))
+            };
+        let (info, d) = ingest(&store)?;
+        let unique = mbps(size, d);
+        let (dup_info, d) = ingest(&store)?;
+        assert_eq!(dup_info.new_bytes, 0);
+        let dup = mbps(size, d);
+        let (n, d) = timed(|| -> Result<usize, fms_engine::Error> {
+            let mut n = 0;
+            for piece in store.read(info.id)? {
+                n += piece?.len();
+            }
+            Ok(n)
+        });
+        assert_eq!(n?, size);
+        let full_read = mbps(size, d);
+        let mut rng = SmallRng::seed_from_u64(2);
+        let (n, d) = timed(|| -> Result<usize, fms_engine::Error> {
+            let mut n = 0;
+            for _ in 0..args.ranges {
+                let start = rng.random_range(0..(size - (1 << 20)) as u64);
+                for piece in store.read_range(info.id, start, start + (1 << 20))? {
+                    n += piece?.len();
+                }
+            }
+            Ok(n)
+        });
+        let range_read = mbps(n?, d);
+        drop(store);
+        std::fs::remove_dir_all(&dir)?;
+        let entries = [
+            (
+                "ingest_unique",
+                unique,
+                write_limit,
+                "min(chunk+hash, write+fdatasync)",
+            ),
+            ("ingest_duplicate", dup, chunk_hash, "chunk+hash"),
+            ("read_full", full_read, read_limit, "min(blake3, disk read)"),
+            (
+                "read_random_1mib",
+                range_read,
+                read_limit,
+                "min(blake3, disk read)",
+            ),
+        ];
+        for (k, v, limit, against) in entries {
+            let ratio = v / limit;
+            results.insert(
+                format!("{k}_{name}"),
+                json!({"mb_per_s": v, "ratio": ratio, "against": against}),
+            );
+            rows.push((
+                format!("{k} [{name}]"),
+                v,
+                format!("{:.2} x {against}", ratio),
+            ));
+        }
+    }
+
+    println!("| measurement | MB/s | ratio |");
+    println!("|---|---:|---|");
+    for (k, v, r) in &rows {
+        println!("| {k} | {v:.0} | {r} |");
+    }
+    results.insert("size_mib".into(), json!(args.size_mib));
+    results.insert(
+        "cores".into(),
+        json!(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        ),
+    );
+    if let Some(parent) = args.json.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(
+        &args.json,
+        serde_json::to_string_pretty(&serde_json::Value::Object(results))?,
+    )?;
+    eprintln!("results written to {}", args.json.display());
+    Ok(())
+}
+
+fn raw_write(path: &Path, data: &[u8]) -> std::io::Result<Duration> {
+    let t = Instant::now();
+    let mut f = File::create(path)?;
+    for piece in data.chunks(4 << 20) {
+        f.write_all(piece)?;
+    }
+    f.sync_data()?;
+    Ok(t.elapsed())
+}
+
+fn raw_read(path: &Path, size: usize) -> std::io::Result<Duration> {
+    let t = Instant::now();
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut n = 0;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        n += k;
+    }
+    assert_eq!(n, size);
+    Ok(t.elapsed())
+}

@@ -1,0 +1,381 @@
+//! Resumable upload sessions: appends over many calls and across restarts. Each checkpoint
+//! commits the chunks cut so far (holding references to them) and persists the uncut tail in
+//! the same synced index batch, so after a crash the session reports exactly the last
+//! acknowledged offset.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rocksdb::WriteBatch;
+
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, FileId, SessionId, now_ms};
+use crate::index::{
+    self, CF_SESSIONS, FileMeta, ManifestEntry, SessionHeader, session_segment_key,
+};
+use crate::read::read_chunk;
+use crate::store::{FileInfo, Inner, Store, distinct, lock};
+use crate::write::Pipeline;
+
+/// A session as seen from outside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    /// Bytes acknowledged so far.
+    pub offset: u64,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+}
+
+/// Exclusive access to one session for one append (a tus PATCH, a gRPC stream).
+/// Bytes become acknowledged at [`SessionWriter::checkpoint`]; dropping the writer discards
+/// what was written since the last checkpoint and releases the session.
+pub struct SessionWriter {
+    inner: Arc<Inner>,
+    id: SessionId,
+    header: SessionHeader,
+    /// Chunks committed to the session (distinct), for refcount bookkeeping.
+    held: HashSet<ChunkId>,
+    pipeline: Option<Pipeline>,
+    /// Bytes written through this writer past `header.offset` not yet checkpointed.
+    unacked: u64,
+    /// Whether the pipeline's hasher covers the session from byte 0.
+    hashing: bool,
+}
+
+impl std::fmt::Debug for SessionWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionWriter")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Open a new upload session (expires after the store's session TTL unless `ttl` is given).
+    pub fn create_session(&self, ttl: Option<Duration>) -> Result<SessionInfo> {
+        let id = SessionId::generate();
+        let now = now_ms();
+        let ttl = ttl.unwrap_or(self.inner.session_ttl);
+        let header = SessionHeader {
+            created_ms: now,
+            expires_ms: now.saturating_add(ttl.as_millis() as u64),
+            offset: 0,
+            chunks: 0,
+            segments: 0,
+            tail: Vec::new(),
+        };
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.inner.index.cf(CF_SESSIONS)?, id.0, header.encode());
+        self.inner.index.write_sync(wb)?;
+        Ok(SessionInfo {
+            id,
+            offset: 0,
+            created_ms: header.created_ms,
+            expires_ms: header.expires_ms,
+        })
+    }
+
+    /// A session's acknowledged offset and expiry. Expired sessions are reported as not found.
+    pub fn session(&self, id: SessionId) -> Result<SessionInfo> {
+        let (h, _) = self
+            .inner
+            .index
+            .session(&id)?
+            .ok_or(Error::SessionNotFound(id))?;
+        if h.expires_ms <= now_ms() {
+            return Err(Error::SessionNotFound(id));
+        }
+        Ok(SessionInfo {
+            id,
+            offset: h.offset,
+            created_ms: h.created_ms,
+            expires_ms: h.expires_ms,
+        })
+    }
+
+    /// Ids of every open session (expired ones included until GC reclaims them).
+    pub fn session_ids(&self) -> Result<Vec<SessionId>> {
+        let mut out = Vec::new();
+        self.inner.index.scan(CF_SESSIONS, |k, _| {
+            if let Ok(id) = <[u8; 16]>::try_from(k) {
+                out.push(SessionId(id));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Take the session for appending at `offset` (which must be its current offset).
+    pub fn session_writer(&self, id: SessionId, offset: u64) -> Result<SessionWriter> {
+        if let Some(why) = self.inner.packs.poisoned() {
+            return Err(Error::Poisoned(why));
+        }
+        let hasher = {
+            let mut live = lock(&self.inner.live_sessions)?;
+            let slot = live.entry(id).or_default();
+            if slot.busy {
+                return Err(Error::SessionBusy(id));
+            }
+            slot.busy = true;
+            slot.hasher.clone()
+        };
+        let release = |inner: &Inner| {
+            if let Ok(mut live) = inner.live_sessions.lock()
+                && let Some(s) = live.get_mut(&id)
+            {
+                s.busy = false;
+            }
+        };
+        let loaded = match self.inner.index.session(&id) {
+            Ok(Some(v)) => v,
+            Ok(None) => {
+                release(&self.inner);
+                return Err(Error::SessionNotFound(id));
+            }
+            Err(e) => {
+                release(&self.inner);
+                return Err(e);
+            }
+        };
+        let (header, entries) = loaded;
+        if header.expires_ms <= now_ms() {
+            release(&self.inner);
+            return Err(Error::SessionNotFound(id));
+        }
+        if header.offset != offset {
+            release(&self.inner);
+            return Err(Error::OffsetMismatch {
+                session: id,
+                given: offset,
+                current: header.offset,
+            });
+        }
+        let (hasher, hashing) = match hasher {
+            Some((at, h)) if at == header.offset - header.tail.len() as u64 => (Some(h), true),
+            _ if header.offset == 0 => (Some(blake3::Hasher::new()), true),
+            _ => (None, false),
+        };
+        let held: HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let chunker = Chunker::with_tail(self.inner.params, &header.tail);
+        let pipeline = match Pipeline::new(&self.inner, chunker, hasher, held.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                release(&self.inner);
+                return Err(e);
+            }
+        };
+        Ok(SessionWriter {
+            inner: self.inner.clone(),
+            id,
+            header,
+            held,
+            pipeline: Some(pipeline),
+            unacked: 0,
+            hashing,
+        })
+    }
+
+    /// Abandon a session: its references are released and its keys removed.
+    pub fn abort_session(&self, id: SessionId) -> Result<()> {
+        {
+            let live = lock(&self.inner.live_sessions)?;
+            if live.get(&id).is_some_and(|s| s.busy) {
+                return Err(Error::SessionBusy(id));
+            }
+        }
+        self.inner.drop_session(id)?;
+        lock(&self.inner.live_sessions)?.remove(&id);
+        Ok(())
+    }
+
+    /// Abort every session past its expiry. Returns how many were reclaimed.
+    pub fn expire_sessions(&self) -> Result<usize> {
+        let now = now_ms();
+        let mut n = 0;
+        for id in self.session_ids()? {
+            let Some((h, _)) = self.inner.index.session(&id)? else {
+                continue;
+            };
+            if h.expires_ms <= now {
+                match self.abort_session(id) {
+                    Ok(()) => n += 1,
+                    Err(Error::SessionBusy(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Inner {
+    fn drop_session(&self, id: SessionId) -> Result<()> {
+        let _g = lock(&self.commit)?;
+        let Some((header, entries)) = self.index.session(&id)? else {
+            return Err(Error::SessionNotFound(id));
+        };
+        let mut wb = WriteBatch::default();
+        let cf = self.index.cf(CF_SESSIONS)?;
+        wb.delete_cf(cf, id.0);
+        for seg in 0..header.segments {
+            wb.delete_cf(cf, session_segment_key(id, seg));
+        }
+        let deltas = distinct(&entries).into_iter().map(|c| (c, -1)).collect();
+        self.apply_refs(&mut wb, &deltas, &HashMap::new())?;
+        self.index.write_sync(wb)
+    }
+}
+
+impl SessionWriter {
+    /// The session id.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Offset after the bytes written so far (acknowledged or not).
+    pub fn offset(&self) -> u64 {
+        self.header.offset + self.unacked
+    }
+
+    /// The last acknowledged offset.
+    pub fn acknowledged(&self) -> u64 {
+        self.header.offset
+    }
+
+    fn pipeline(&mut self) -> Result<&mut Pipeline> {
+        self.pipeline
+            .as_mut()
+            .ok_or_else(|| Error::Index("session writer finished".into()))
+    }
+
+    /// Append bytes (not yet acknowledged).
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.pipeline()?.write(data)?;
+        self.unacked += data.len() as u64;
+        Ok(())
+    }
+
+    /// Make everything written so far durable; returns the new acknowledged offset.
+    pub fn checkpoint(&mut self) -> Result<u64> {
+        if self.unacked == 0 {
+            return Ok(self.header.offset);
+        }
+        let flushed = self.pipeline()?.flush()?;
+        let tail = self.pipeline()?.chunker.tail().to_vec();
+        let inner = self.inner.clone();
+        let mut packs = flushed.packs.clone();
+        inner.sync_packs(&mut packs)?;
+        let mut next = self.header.clone();
+        next.offset += self.unacked;
+        next.tail = tail;
+        let mut deltas = HashMap::new();
+        let mut newly_held = Vec::new();
+        for e in &flushed.entries {
+            if !self.held.contains(&e.id) && !newly_held.contains(&e.id) {
+                newly_held.push(e.id);
+                deltas.insert(e.id, 1i64);
+            }
+        }
+        let mut wb = WriteBatch::default();
+        let cf = inner.index.cf(CF_SESSIONS)?;
+        if !flushed.entries.is_empty() {
+            let mut seg = Vec::new();
+            index::encode_entries(&flushed.entries, &mut seg);
+            wb.put_cf(cf, session_segment_key(self.id, next.segments), seg);
+            next.segments += 1;
+            next.chunks += flushed.entries.len() as u32;
+        }
+        wb.put_cf(cf, self.id.0, next.encode());
+        {
+            let _g = lock(&inner.commit)?;
+            inner.apply_refs(&mut wb, &deltas, &flushed.new_locs)?;
+            inner.index.write_sync(wb)?;
+        }
+        self.held.extend(newly_held);
+        self.header = next;
+        self.unacked = 0;
+        Ok(self.header.offset)
+    }
+
+    /// Checkpoint, cut the tail and commit the session as a new file. The session ends.
+    pub fn finish(mut self) -> Result<FileInfo> {
+        self.checkpoint()?;
+        let inner = self.inner.clone();
+        let Some((_, mut entries)) = inner.index.session(&self.id)? else {
+            return Err(Error::SessionNotFound(self.id));
+        };
+        let mut pipeline = self
+            .pipeline
+            .take()
+            .ok_or_else(|| Error::Index("session writer finished".into()))?;
+        pipeline.cut_tail()?;
+        let (flushed, hasher) = pipeline.finish()?;
+        drop(pipeline);
+        entries.extend(flushed.entries.iter().copied());
+        let mut packs = flushed.packs.clone();
+        let hash = match hasher.filter(|_| self.hashing) {
+            Some(h) => *h.finalize().as_bytes(),
+            // Restarted since the session began: hash the committed chunks back from disk.
+            None => rehash(&inner, &entries)?,
+        };
+        let id = FileId::generate();
+        let meta = FileMeta {
+            size: self.header.offset,
+            hash,
+            chunks: entries.len() as u32,
+            created_ms: now_ms(),
+        };
+        inner.write_manifest_record(id, &meta, &entries, &mut packs)?;
+        let carried: Vec<ChunkId> = self.held.iter().copied().collect();
+        let sid = self.id;
+        let segments = self.header.segments;
+        inner.commit_file(id, &meta, &entries, &flushed.new_locs, &carried, |wb| {
+            let cf = inner.index.cf(CF_SESSIONS)?;
+            wb.delete_cf(cf, sid.0);
+            for seg in 0..segments {
+                wb.delete_cf(cf, session_segment_key(sid, seg));
+            }
+            Ok(())
+        })?;
+        if let Ok(mut live) = inner.live_sessions.lock() {
+            live.remove(&sid);
+        }
+        Ok(FileInfo {
+            id,
+            meta,
+            new_bytes: flushed.new_bytes,
+        })
+    }
+}
+
+fn rehash(inner: &Inner, entries: &[ManifestEntry]) -> Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    for e in entries {
+        h.update(&read_chunk(inner, FileId([0; 16]), e.id, e.len)?);
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+impl Drop for SessionWriter {
+    fn drop(&mut self) {
+        // The pipeline's hasher has seen every cut chunk, not the tail. If nothing unacked
+        // was written, keep it for the next append so finishing needs no re-read.
+        let mut kept = None;
+        if let Some(mut p) = self.pipeline.take()
+            && self.unacked == 0
+            && self.hashing
+            && let Ok((_, Some(h))) = p.finish()
+        {
+            kept = Some((self.header.offset - self.header.tail.len() as u64, h));
+        }
+        if let Ok(mut live) = self.inner.live_sessions.lock()
+            && let Some(s) = live.get_mut(&self.id)
+        {
+            s.busy = false;
+            s.hasher = kept;
+        }
+    }
+}

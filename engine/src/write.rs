@@ -1,0 +1,355 @@
+//! The write path: a bounded two-stage pipeline. The caller's thread cuts chunks (FastCDC);
+//! a worker thread hashes them (chunk ids and the whole-file hash), looks each up in the
+//! index, and appends only new ones to the active pack in batches. A full channel makes the
+//! caller wait: memory per writer stays under a few MiB whatever the file size.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+
+use crate::chunker::Chunker;
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, FileId, now_ms};
+use crate::index::{FileMeta, ManifestEntry};
+use crate::pack::{Location, NewRecord, RecordKind};
+use crate::store::{FileInfo, Inner, Store};
+
+/// Chunks queued between the chunker and the worker.
+const CHANNEL_CHUNKS: usize = 32;
+/// New chunk bytes gathered before one pack append.
+const WRITE_BATCH_BYTES: usize = 4 << 20;
+
+/// What the worker has produced since the last flush.
+#[derive(Debug, Default)]
+pub(crate) struct Flushed {
+    pub(crate) entries: Vec<ManifestEntry>,
+    pub(crate) new_locs: HashMap<ChunkId, (Location, u32)>,
+    pub(crate) packs: Vec<u32>,
+    pub(crate) new_bytes: u64,
+}
+
+enum Msg {
+    Chunk(Bytes),
+    Flush(SyncSender<Result<Flushed>>),
+    /// Flush and hand back the file hash (ends the worker).
+    Finish(SyncSender<Result<(Flushed, Option<blake3::Hasher>)>>),
+}
+
+/// The worker stage.
+struct Sink {
+    inner: Arc<Inner>,
+    hasher: Option<blake3::Hasher>,
+    /// Chunks this writer already decided (written or pinned): never written twice.
+    known: HashSet<ChunkId>,
+    pinned: Vec<ChunkId>,
+    pending: Vec<(ChunkId, Bytes)>,
+    pending_bytes: usize,
+    out: Flushed,
+}
+
+impl Sink {
+    fn add(&mut self, chunk: Bytes) -> Result<()> {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&chunk);
+        }
+        let id = ChunkId::of(&chunk);
+        let len = chunk.len() as u32;
+        self.out.entries.push(ManifestEntry { id, len });
+        if !self.known.insert(id) {
+            return Ok(());
+        }
+        // Pin before the lookup: compaction then either sees the pin or has already
+        // dropped the entry (and we write the chunk ourselves).
+        self.inner.pin(id)?;
+        self.pinned.push(id);
+        if self.inner.index.chunk(&id)?.is_some() {
+            return Ok(());
+        }
+        self.pending_bytes += chunk.len();
+        self.pending.push((id, chunk));
+        if self.pending_bytes >= WRITE_BATCH_BYTES {
+            self.write_pending()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<NewRecord<'_>> = self
+            .pending
+            .iter()
+            .map(|(id, b)| NewRecord {
+                kind: RecordKind::Chunk,
+                hash: id.0,
+                payload: b,
+            })
+            .collect();
+        let locs = self.inner.packs.append(&records)?;
+        for ((id, b), loc) in self.pending.drain(..).zip(locs) {
+            self.out.new_locs.insert(id, (loc, b.len() as u32));
+            self.out.new_bytes += b.len() as u64;
+            if self.out.packs.last() != Some(&loc.pack) {
+                self.out.packs.push(loc.pack);
+            }
+        }
+        self.pending_bytes = 0;
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<Flushed> {
+        self.write_pending()?;
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut failed: Option<Error> = None;
+        for msg in rx {
+            match msg {
+                Msg::Chunk(c) => {
+                    if failed.is_none()
+                        && let Err(e) = self.add(c)
+                    {
+                        failed = Some(e);
+                    }
+                }
+                Msg::Flush(reply) => {
+                    let r = match failed.take() {
+                        Some(e) => Err(e),
+                        None => self.flush(),
+                    };
+                    let _ = reply.send(r);
+                }
+                Msg::Finish(reply) => {
+                    let r = match failed.take() {
+                        Some(e) => Err(e),
+                        None => self.flush().map(|f| (f, self.hasher.take())),
+                    };
+                    let _ = reply.send(r);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.inner.unpin_all(&self.pinned);
+    }
+}
+
+/// The two stages, owned by one writer (a file upload or an upload session).
+pub(crate) struct Pipeline {
+    pub(crate) chunker: Chunker,
+    tx: Option<SyncSender<Msg>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    pub(crate) fn new(
+        inner: &Arc<Inner>,
+        chunker: Chunker,
+        hasher: Option<blake3::Hasher>,
+        known: HashSet<ChunkId>,
+    ) -> Result<Self> {
+        let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+        let sink = Sink {
+            inner: inner.clone(),
+            hasher,
+            known,
+            pinned: Vec::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            out: Flushed::default(),
+        };
+        let worker = std::thread::Builder::new()
+            .name("fms-ingest".into())
+            .spawn(move || sink.run(rx))
+            .map_err(|e| Error::io("spawn ingest worker", e))?;
+        Ok(Pipeline {
+            chunker,
+            tx: Some(tx),
+            worker: Some(worker),
+        })
+    }
+
+    fn sender(&self) -> Result<&SyncSender<Msg>> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| Error::Index("ingest worker already finished".into()))
+    }
+
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+        self.chunker.push(data, &mut |c| {
+            tx.send(Msg::Chunk(c))
+                .map_err(|_| Error::Index("ingest worker stopped".into()))
+        })
+    }
+
+    /// Cut the tail too (end of the stream).
+    pub(crate) fn cut_tail(&mut self) -> Result<()> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+        self.chunker.finish(&mut |c| {
+            tx.send(Msg::Chunk(c))
+                .map_err(|_| Error::Index("ingest worker stopped".into()))
+        })
+    }
+
+    pub(crate) fn flush(&mut self) -> Result<Flushed> {
+        let (rtx, rrx) = sync_channel(1);
+        self.sender()?
+            .send(Msg::Flush(rtx))
+            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+        rrx.recv()
+            .map_err(|_| Error::Index("ingest worker stopped".into()))?
+    }
+
+    pub(crate) fn finish(&mut self) -> Result<(Flushed, Option<blake3::Hasher>)> {
+        let (rtx, rrx) = sync_channel(1);
+        self.sender()?
+            .send(Msg::Finish(rtx))
+            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+        let r = rrx
+            .recv()
+            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+        self.shutdown();
+        r
+    }
+
+    fn shutdown(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Streams one new file into the store. Nothing is visible until [`FileWriter::finish`];
+/// dropping the writer abandons the upload (its written chunks become dead bytes for GC).
+pub struct FileWriter {
+    inner: Arc<Inner>,
+    pipeline: Pipeline,
+    entries: Vec<ManifestEntry>,
+    new_locs: HashMap<ChunkId, (Location, u32)>,
+    packs: Vec<u32>,
+    new_bytes: u64,
+    size: u64,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileWriter {
+    /// Feed the next bytes of the file.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.size += data.len() as u64;
+        self.pipeline.write(data)
+    }
+
+    fn absorb(&mut self, f: Flushed) {
+        self.entries.extend(f.entries);
+        self.new_locs.extend(f.new_locs);
+        self.packs.extend(f.packs);
+        self.new_bytes += f.new_bytes;
+    }
+
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Make the file durable and visible; returns its id and metadata.
+    pub fn finish(mut self) -> Result<FileInfo> {
+        self.pipeline.cut_tail()?;
+        let (f, hasher) = self.pipeline.finish()?;
+        self.absorb(f);
+        let hash = hasher
+            .map(|h| *h.finalize().as_bytes())
+            .ok_or_else(|| Error::Index("file hasher missing".into()))?;
+        let id = FileId::generate();
+        let meta = FileMeta {
+            size: self.size,
+            hash,
+            chunks: self.entries.len() as u32,
+            created_ms: now_ms(),
+        };
+        let inner = self.inner.clone();
+        inner.write_manifest_record(id, &meta, &self.entries, &mut self.packs)?;
+        inner.commit_file(id, &meta, &self.entries, &self.new_locs, &[], |_| Ok(()))?;
+        Ok(FileInfo {
+            id,
+            meta,
+            new_bytes: self.new_bytes,
+        })
+    }
+}
+
+impl Store {
+    /// Start a new file.
+    pub fn writer(&self) -> Result<FileWriter> {
+        if let Some(why) = self.inner.packs.poisoned() {
+            return Err(Error::Poisoned(why));
+        }
+        let pipeline = Pipeline::new(
+            &self.inner,
+            Chunker::new(self.inner.params),
+            Some(blake3::Hasher::new()),
+            HashSet::new(),
+        )?;
+        Ok(FileWriter {
+            inner: self.inner.clone(),
+            pipeline,
+            entries: Vec::new(),
+            new_locs: HashMap::new(),
+            packs: Vec::new(),
+            new_bytes: 0,
+            size: 0,
+        })
+    }
+
+    /// Store everything `reader` yields as one new file.
+    pub fn put_reader(&self, mut reader: impl std::io::Read) -> Result<FileInfo> {
+        let mut w = self.writer()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io("read input", e)),
+            };
+            w.write(buf.get(..n).unwrap_or_default())?;
+        }
+        w.finish()
+    }
+
+    /// Store `data` as one new file.
+    pub fn put(&self, data: &[u8]) -> Result<FileInfo> {
+        let mut w = self.writer()?;
+        w.write(data)?;
+        w.finish()
+    }
+}
