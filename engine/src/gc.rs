@@ -29,6 +29,7 @@ pub struct GcReport {
 impl Store {
     /// One GC pass. Safe to run while other threads read and write.
     pub fn gc(&self) -> Result<GcReport> {
+        let _one_at_a_time = lock(&self.inner.gc_lock)?;
         let mut report = GcReport {
             sessions_expired: self.expire_sessions()? as u64,
             ..GcReport::default()
@@ -49,8 +50,10 @@ impl Store {
             })?;
         }
         let active = inner.packs.active();
+        let floor = inner.writer_floor()?;
         for (pack, len) in inner.packs.list()? {
-            if pack == active {
+            // In-flight writers may have uncommitted records in packs from `floor` on.
+            if pack == active || pack >= floor {
                 continue;
             }
             report.packs_examined += 1;
@@ -157,6 +160,9 @@ impl Store {
         // 3. Switch the index over, atomically with respect to commits and pins.
         {
             let _commit = lock(&inner.commit)?;
+            if pack >= inner.writer_floor()? {
+                return Ok(false); // a writer started meanwhile with records possibly in it
+            }
             let pins = lock(&inner.pins)?;
             let cf = inner.index.cf(CF_CHUNKS)?;
             let mut wb = WriteBatch::default();

@@ -59,10 +59,9 @@ impl ReadPool {
 /// chunk between our lookup and our read.
 pub(crate) fn read_chunk(inner: &Inner, file: FileId, id: ChunkId, len: u32) -> Result<Bytes> {
     for _ in 0..3 {
-        let entry = inner
-            .index
-            .chunk(&id)?
-            .ok_or(Error::MissingChunk { file, chunk: id })?;
+        let Some(entry) = inner.index.chunk(&id)? else {
+            return Err(missing(inner, file, id));
+        };
         let corrupt = |reason: String| Error::Corrupt {
             file,
             chunk: id,
@@ -97,7 +96,16 @@ pub(crate) fn read_chunk(inner: &Inner, file: FileId, id: ChunkId, len: u32) -> 
         }
         return Ok(data);
     }
-    Err(Error::MissingChunk { file, chunk: id })
+    Err(missing(inner, file, id))
+}
+
+/// A chunk is gone: either its file was deleted while we read it (and GC took the chunk),
+/// or the store lost it.
+fn missing(inner: &Inner, file: FileId, chunk: ChunkId) -> Error {
+    match inner.index.file_meta(&file) {
+        Ok(None) => Error::NotFound(file),
+        _ => Error::MissingChunk { file, chunk },
+    }
 }
 
 /// A verified stream of a file's bytes (or a range of them), as `Bytes` frames.
@@ -147,6 +155,10 @@ impl FileReader {
                     Some(e) => read_chunk(&inner, file, e.id, e.len),
                     None => Err(Error::Index("chunk index out of range".into())),
                 };
+                // Release the store before the reader can see the result: once the last
+                // reader is done, dropping the Store must really close it.
+                drop(inner);
+                drop(entries);
                 let _ = tx.send(r);
             });
             if !self.inner.readers.submit(job) {
@@ -161,6 +173,16 @@ impl FileReader {
                 continue;
             }
             self.inflight.push_back((i, rx));
+        }
+    }
+}
+
+impl Drop for FileReader {
+    /// Wait for reads still in flight: they hold the store open, and a process must not
+    /// exit (or reopen the store) while a pool thread is still inside it.
+    fn drop(&mut self) {
+        for (_, rx) in self.inflight.drain(..) {
+            let _ = rx.recv();
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::index::{
     self, CF_SESSIONS, FileMeta, ManifestEntry, SessionHeader, session_segment_key,
 };
 use crate::read::read_chunk;
-use crate::store::{FileInfo, Inner, Store, distinct, lock};
+use crate::store::{FileInfo, Inner, Store, WriterGuard, distinct, lock};
 use crate::write::Pipeline;
 
 /// A session as seen from outside.
@@ -39,6 +39,7 @@ pub struct SessionWriter {
     /// Chunks committed to the session (distinct), for refcount bookkeeping.
     held: HashSet<ChunkId>,
     pipeline: Option<Pipeline>,
+    guard: WriterGuard,
     /// Bytes written through this writer past `header.offset` not yet checkpointed.
     unacked: u64,
     /// Whether the pipeline's hasher covers the session from byte 0.
@@ -158,6 +159,13 @@ impl Store {
             _ if header.offset == 0 => (Some(blake3::Hasher::new()), true),
             _ => (None, false),
         };
+        let guard = match WriterGuard::new(&self.inner) {
+            Ok(g) => g,
+            Err(e) => {
+                release(&self.inner);
+                return Err(e);
+            }
+        };
         let held: HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
         let chunker = Chunker::with_tail(self.inner.params, &header.tail);
         let pipeline = match Pipeline::new(&self.inner, chunker, hasher, held.clone()) {
@@ -173,6 +181,7 @@ impl Store {
             header,
             held,
             pipeline: Some(pipeline),
+            guard,
             unacked: 0,
             hashing,
         })
@@ -263,7 +272,8 @@ impl SessionWriter {
         if self.unacked == 0 {
             return Ok(self.header.offset);
         }
-        let flushed = self.pipeline()?.flush()?;
+        let mut flushed = self.pipeline()?.flush()?;
+        self.guard.pinned.append(&mut flushed.pinned);
         let tail = self.pipeline()?.chunker.tail().to_vec();
         let inner = self.inner.clone();
         let mut packs = flushed.packs.clone();
@@ -311,15 +321,23 @@ impl SessionWriter {
             .pipeline
             .take()
             .ok_or_else(|| Error::Index("session writer finished".into()))?;
+        let committed = entries.len();
+        let tail = pipeline.chunker.tail().to_vec();
         pipeline.cut_tail()?;
-        let (flushed, hasher) = pipeline.finish()?;
+        let (mut flushed, hasher) = pipeline.finish()?;
+        self.guard.pinned.append(&mut flushed.pinned);
         drop(pipeline);
         entries.extend(flushed.entries.iter().copied());
         let mut packs = flushed.packs.clone();
         let hash = match hasher.filter(|_| self.hashing) {
             Some(h) => *h.finalize().as_bytes(),
-            // Restarted since the session began: hash the committed chunks back from disk.
-            None => rehash(&inner, &entries)?,
+            // Restarted since the session began: hash the committed chunks back from disk,
+            // then the tail (still in memory).
+            None => {
+                let mut h = rehash(&inner, entries.get(..committed).unwrap_or_default())?;
+                h.update(&tail);
+                *h.finalize().as_bytes()
+            }
         };
         let id = FileId::generate();
         let meta = FileMeta {
@@ -351,12 +369,12 @@ impl SessionWriter {
     }
 }
 
-fn rehash(inner: &Inner, entries: &[ManifestEntry]) -> Result<[u8; 32]> {
+fn rehash(inner: &Inner, entries: &[ManifestEntry]) -> Result<blake3::Hasher> {
     let mut h = blake3::Hasher::new();
     for e in entries {
         h.update(&read_chunk(inner, FileId([0; 16]), e.id, e.len)?);
     }
-    Ok(*h.finalize().as_bytes())
+    Ok(h)
 }
 
 impl Drop for SessionWriter {

@@ -104,6 +104,8 @@ impl StoreBuilder {
             packs: Box::new(packs),
             commit: Mutex::new(()),
             pins: Mutex::new(HashMap::new()),
+            writers: Mutex::new((0, std::collections::BTreeMap::new())),
+            gc_lock: Mutex::new(()),
             live_sessions: Mutex::new(HashMap::new()),
             session_ttl: self.session_ttl,
             gc_dead_ratio: self.gc_dead_ratio,
@@ -198,6 +200,11 @@ pub(crate) struct Inner {
     /// Chunks an in-flight writer found in the index and will reference at its commit;
     /// compaction keeps them (see docs/design/gc.md).
     pub(crate) pins: Mutex<HashMap<ChunkId, u32>>,
+    /// In-flight writers: token -> the active pack when they started. Their uncommitted
+    /// records live in packs >= that one, which compaction therefore leaves alone.
+    pub(crate) writers: Mutex<(u64, std::collections::BTreeMap<u64, u32>)>,
+    /// One GC pass at a time.
+    pub(crate) gc_lock: Mutex<()>,
     pub(crate) live_sessions: Mutex<HashMap<SessionId, LiveSession>>,
     pub(crate) session_ttl: Duration,
     pub(crate) gc_dead_ratio: f64,
@@ -508,6 +515,11 @@ impl Inner {
         Ok(())
     }
 
+    /// The lowest pack an in-flight writer may have uncommitted records in.
+    pub(crate) fn writer_floor(&self) -> Result<u32> {
+        Ok(lock(&self.writers)?.1.values().copied().min().unwrap_or(u32::MAX))
+    }
+
     pub(crate) fn unpin_all(&self, ids: &[ChunkId]) {
         if let Ok(mut pins) = self.pins.lock() {
             for id in ids {
@@ -518,6 +530,40 @@ impl Inner {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Registration of one in-flight writer (a file upload, a session append): keeps compaction
+/// away from the packs holding its uncommitted records and holds its chunk pins until its
+/// commit is done. Dropping it ends both.
+pub(crate) struct WriterGuard {
+    inner: Arc<Inner>,
+    token: u64,
+    pub(crate) pinned: Vec<ChunkId>,
+}
+
+impl WriterGuard {
+    pub(crate) fn new(inner: &Arc<Inner>) -> Result<Self> {
+        let mut w = lock(&inner.writers)?;
+        w.0 += 1;
+        let token = w.0;
+        // Read under the registry lock: a pack compaction may pick is already sealed, so it
+        // is older than this one unless this writer was registered before compaction looked.
+        w.1.insert(token, inner.packs.active());
+        Ok(WriterGuard {
+            inner: inner.clone(),
+            token,
+            pinned: Vec::new(),
+        })
+    }
+}
+
+impl Drop for WriterGuard {
+    fn drop(&mut self) {
+        self.inner.unpin_all(&self.pinned);
+        if let Ok(mut w) = self.inner.writers.lock() {
+            w.1.remove(&self.token);
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId, now_ms};
 use crate::index::{FileMeta, ManifestEntry};
 use crate::pack::{Location, NewRecord, RecordKind};
-use crate::store::{FileInfo, Inner, Store};
+use crate::store::{FileInfo, Inner, Store, WriterGuard};
 
 /// Chunks queued between the chunker and the worker.
 const CHANNEL_CHUNKS: usize = 32;
@@ -29,6 +29,8 @@ pub(crate) struct Flushed {
     pub(crate) new_locs: HashMap<ChunkId, (Location, u32)>,
     pub(crate) packs: Vec<u32>,
     pub(crate) new_bytes: u64,
+    /// Chunks pinned since the last flush; the caller holds them until its commit.
+    pub(crate) pinned: Vec<ChunkId>,
 }
 
 enum Msg {
@@ -44,7 +46,6 @@ struct Sink {
     hasher: Option<blake3::Hasher>,
     /// Chunks this writer already decided (written or pinned): never written twice.
     known: HashSet<ChunkId>,
-    pinned: Vec<ChunkId>,
     pending: Vec<(ChunkId, Bytes)>,
     pending_bytes: usize,
     out: Flushed,
@@ -64,7 +65,7 @@ impl Sink {
         // Pin before the lookup: compaction then either sees the pin or has already
         // dropped the entry (and we write the chunk ourselves).
         self.inner.pin(id)?;
-        self.pinned.push(id);
+        self.out.pinned.push(id);
         if self.inner.index.chunk(&id)?.is_some() {
             return Ok(());
         }
@@ -139,7 +140,8 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.inner.unpin_all(&self.pinned);
+        // Pins not handed over by a flush (the writer was abandoned).
+        self.inner.unpin_all(&self.out.pinned);
     }
 }
 
@@ -162,7 +164,6 @@ impl Pipeline {
             inner: inner.clone(),
             hasher,
             known,
-            pinned: Vec::new(),
             pending: Vec::new(),
             pending_bytes: 0,
             out: Flushed::default(),
@@ -247,6 +248,7 @@ impl Drop for Pipeline {
 pub struct FileWriter {
     inner: Arc<Inner>,
     pipeline: Pipeline,
+    guard: WriterGuard,
     entries: Vec<ManifestEntry>,
     new_locs: HashMap<ChunkId, (Location, u32)>,
     packs: Vec<u32>,
@@ -270,6 +272,7 @@ impl FileWriter {
     }
 
     fn absorb(&mut self, f: Flushed) {
+        self.guard.pinned.extend(f.pinned);
         self.entries.extend(f.entries);
         self.new_locs.extend(f.new_locs);
         self.packs.extend(f.packs);
@@ -313,6 +316,7 @@ impl Store {
         if let Some(why) = self.inner.packs.poisoned() {
             return Err(Error::Poisoned(why));
         }
+        let guard = WriterGuard::new(&self.inner)?;
         let pipeline = Pipeline::new(
             &self.inner,
             Chunker::new(self.inner.params),
@@ -322,6 +326,7 @@ impl Store {
         Ok(FileWriter {
             inner: self.inner.clone(),
             pipeline,
+            guard,
             entries: Vec::new(),
             new_locs: HashMap::new(),
             packs: Vec::new(),

@@ -412,7 +412,7 @@ fn torn_tails_are_cut_and_appends_continue() {
                 _ => {
                     let store = open(dir.path(), mode);
                     let mut w = store.writer().unwrap();
-                    w.write(&random(55, 300_000)).unwrap();
+                    w.write(&random(55, 5 << 20)).unwrap();
                     drop(w); // written to the pack, never committed
                     drop(store);
                     let l2 = std::fs::metadata(&newest).unwrap().len();

@@ -41,7 +41,7 @@ enum Command {
     Get {
         id: String,
         /// Inclusive byte range as in HTTP: `a-b`, `a-` (to the end) or `-n` (last n bytes).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         range: Option<String>,
         /// Write here instead of standard output.
         #[arg(short, long)]

@@ -15,7 +15,7 @@ pub fn parse(spec: &str, size: u64) -> Result<(u64, u64), String> {
         (true, true) => Err(bad()),
         (true, false) => {
             let n = num(b)?;
-            if n == 0 {
+            if n == 0 || size == 0 {
                 return Err(unsatisfiable());
             }
             Ok((size.saturating_sub(n), size))
