@@ -127,7 +127,9 @@ impl Chunker {
             self.buf.extend_from_slice(now);
             data = rest;
             while self.buf.len() >= max {
-                let n = self.cut_len(self.buf.get(..max).unwrap_or_default()).clamp(1, max);
+                let n = self
+                    .cut_len(self.buf.get(..max).unwrap_or_default())
+                    .clamp(1, max);
                 emit(self.buf.split_to(n).freeze())?;
             }
         }

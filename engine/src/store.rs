@@ -517,7 +517,12 @@ impl Inner {
 
     /// The lowest pack an in-flight writer may have uncommitted records in.
     pub(crate) fn writer_floor(&self) -> Result<u32> {
-        Ok(lock(&self.writers)?.1.values().copied().min().unwrap_or(u32::MAX))
+        Ok(lock(&self.writers)?
+            .1
+            .values()
+            .copied()
+            .min()
+            .unwrap_or(u32::MAX))
     }
 
     pub(crate) fn unpin_all(&self, ids: &[ChunkId]) {

@@ -322,7 +322,10 @@ fn compaction_under_concurrent_dedup_reads_and_deletes() {
             r.unwrap();
         }
     });
-    assert!(gc_passes.load(Ordering::SeqCst) > 0, "no pack was compacted while writers ran");
+    assert!(
+        gc_passes.load(Ordering::SeqCst) > 0,
+        "no pack was compacted while writers ran"
+    );
     for _ in 0..2 {
         store.gc().unwrap();
     }

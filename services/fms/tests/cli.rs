@@ -126,7 +126,13 @@ fn verify_fails_and_names_the_file_after_a_flipped_byte() {
     f.read_exact_at(&mut b, 500_000).unwrap();
     f.write_all_at(&[!b[0]], 500_000).unwrap();
     let v = fms(&dir, &["admin", "verify"]);
-    assert_eq!(v.status.code(), Some(5), "{:?}: {}", v.status, String::from_utf8_lossy(&v.stderr));
+    assert_eq!(
+        v.status.code(),
+        Some(5),
+        "{:?}: {}",
+        v.status,
+        String::from_utf8_lossy(&v.stderr)
+    );
     let text = String::from_utf8_lossy(&v.stdout);
     assert!(text.contains(&format!("damaged file: {id}")), "{text}");
     let get = fms(&dir, &["get", &id]);
