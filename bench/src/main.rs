@@ -29,6 +29,9 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench/results/latest.json")]
     json: PathBuf,
+    /// I/O back ends to measure, in this order: `std,uring` (the default), `uring,std`, `std`...
+    #[arg(long, default_value = "std,uring", value_delimiter = ',')]
+    io: Vec<IoMode>,
     /// Random 1 MiB range reads.
     #[arg(long, default_value_t = 400)]
     ranges: usize,
@@ -79,30 +82,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let chunk_hash = mbps(size, d);
     let raw_path = scratch.path().join("raw");
-    let d = raw_write(&raw_path, &data)?;
-    let disk_write = mbps(size, d);
+    // The disk limit is the best of three runs (two now, one after the engine runs), so noise
+    // on the machine cannot flatter the engine's ratio.
+    let mut disk_write = 0f64;
+    for _ in 0..2 {
+        let d = raw_write(&raw_path, &data)?;
+        disk_write = disk_write.max(mbps(size, d));
+        std::fs::remove_file(&raw_path)?;
+    }
+    raw_write(&raw_path, &data)?;
     let d = raw_read(&raw_path, size)?;
     let disk_read = mbps(size, d);
-    std::fs::remove_file(&raw_path)?;
-    for (k, v) in [
+    let mut engine_rows: Vec<(String, f64, &str)> = Vec::new();
+    let mut limits: Vec<(&str, f64)> = vec![
         ("blake3", blake),
         ("fastcdc", cdc),
         ("chunk_hash", chunk_hash),
         ("disk_write_fdatasync", disk_write),
         ("disk_read", disk_read),
-    ] {
-        results.insert(k.into(), json!(v));
-        rows.push((k.into(), v, "limit".into()));
-    }
-    let write_limit = chunk_hash.min(disk_write);
-    let read_limit = blake.min(disk_read);
+    ];
 
     // --- engine, per I/O back end ---
-    let mut modes = vec![IoMode::Std];
-    if fms_engine::io::open_backend(IoMode::Uring).is_ok() {
-        modes.push(IoMode::Uring);
-    }
-    for mode in modes {
+    let uring_ok = fms_engine::io::open_backend(IoMode::Uring).is_ok();
+    for mode in args
+        .io
+        .iter()
+        .copied()
+        .filter(|m| *m != IoMode::Uring || uring_ok)
+    {
         let dir = scratch.path().join(format!("store-{mode:?}"));
         let store = Store::builder(&dir).io_mode(mode).open()?;
         let name = store.io_backend();
@@ -116,11 +123,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let info = w.finish()?;
                 Ok((info, t.elapsed()))
             };
-        let (info, d) = ingest(&store)?;
-        let unique = mbps(size, d);
-        let (dup_info, d) = ingest(&store)?;
-        assert_eq!(dup_info.new_bytes, 0);
-        let dup = mbps(size, d);
+        // Best of two for each write measurement (the first run on a machine often pays for
+        // page-cache and allocator warm-up that has nothing to do with the engine); the
+        // baselines above get the same treatment.
+        let mut unique = 0f64;
+        for _ in 0..2 {
+            let scratch_store = dir.with_extension("unique");
+            let s2 = Store::builder(&scratch_store).io_mode(mode).open()?;
+            let (_, d) = ingest(&s2)?;
+            unique = unique.max(mbps(size, d));
+            drop(s2);
+            std::fs::remove_dir_all(&scratch_store)?;
+        }
+        let (info, _) = ingest(&store)?;
+        let mut dup = 0f64;
+        for _ in 0..2 {
+            let (dup_info, d) = ingest(&store)?;
+            assert_eq!(dup_info.new_bytes, 0);
+            dup = dup.max(mbps(size, d));
+        }
         let (n, d) = timed(|| -> Result<usize, fms_engine::Error> {
             let mut n = 0;
             for piece in store.read(info.id)? {
@@ -145,33 +166,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         drop(store);
         std::fs::remove_dir_all(&dir)?;
         let entries = [
-            (
-                "ingest_unique",
-                unique,
-                write_limit,
-                "min(chunk+hash, write+fdatasync)",
-            ),
-            ("ingest_duplicate", dup, chunk_hash, "chunk+hash"),
-            ("read_full", full_read, read_limit, "min(blake3, disk read)"),
-            (
-                "read_random_1mib",
-                range_read,
-                read_limit,
-                "min(blake3, disk read)",
-            ),
+            ("ingest_unique", unique, "min(chunk+hash, write+fdatasync)"),
+            ("ingest_duplicate", dup, "chunk+hash"),
+            ("read_full", full_read, "min(blake3, disk read)"),
+            ("read_random_1mib", range_read, "min(blake3, disk read)"),
         ];
-        for (k, v, limit, against) in entries {
-            let ratio = v / limit;
-            results.insert(
-                format!("{k}_{name}"),
-                json!({"mb_per_s": v, "ratio": ratio, "against": against}),
-            );
-            rows.push((
-                format!("{k} [{name}]"),
-                v,
-                format!("{:.2} x {against}", ratio),
-            ));
+        for (k, v, against) in entries {
+            engine_rows.push((format!("{k} [{name}]"), v, against));
         }
+    }
+    std::fs::remove_file(&raw_path)?;
+    let d = raw_write(&raw_path, &data)?;
+    disk_write = disk_write.max(mbps(size, d));
+    std::fs::remove_file(&raw_path)?;
+    if let Some(l) = limits.iter_mut().find(|l| l.0 == "disk_write_fdatasync") {
+        l.1 = disk_write;
+    }
+    for (k, v) in &limits {
+        results.insert((*k).into(), json!(v));
+        rows.push(((*k).into(), *v, "limit".into()));
+    }
+    let write_limit = chunk_hash.min(disk_write);
+    let read_limit = blake.min(disk_read);
+    for (k, v, against) in engine_rows {
+        let limit = match against {
+            "chunk+hash" => chunk_hash,
+            "min(chunk+hash, write+fdatasync)" => write_limit,
+            _ => read_limit,
+        };
+        let ratio = v / limit;
+        results.insert(
+            k.clone(),
+            json!({"mb_per_s": v, "ratio": ratio, "against": against}),
+        );
+        rows.push((k, v, format!("{ratio:.2} x {against}")));
     }
 
     println!("| measurement | MB/s | ratio |");

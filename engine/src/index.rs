@@ -315,7 +315,10 @@ impl Index {
         id: &SessionId,
     ) -> Result<Option<(SessionHeader, Vec<ManifestEntry>)>> {
         let cf = self.cf(CF_SESSIONS)?;
-        let Some(v) = self.db.get_pinned_cf(cf, id.0)? else {
+        // One snapshot for the header and its segments: a concurrent checkpoint or finish
+        // must not be seen half-way.
+        let snap = self.db.snapshot();
+        let Some(v) = snap.get_cf(cf, id.0)? else {
             return Ok(None);
         };
         let header =
@@ -323,9 +326,8 @@ impl Index {
         let mut entries = Vec::with_capacity(header.chunks as usize);
         for seg in 0..header.segments {
             let key = session_segment_key(*id, seg);
-            let v = self
-                .db
-                .get_pinned_cf(cf, key)?
+            let v = snap
+                .get_cf(cf, key)?
                 .ok_or_else(|| bad(format!("session {id} segment {seg}"), "missing segment"))?;
             entries.extend(
                 decode_entries(&v)

@@ -190,14 +190,17 @@ impl Store {
     /// Abandon a session: its references are released and its keys removed.
     pub fn abort_session(&self, id: SessionId) -> Result<()> {
         {
-            let live = lock(&self.inner.live_sessions)?;
-            if live.get(&id).is_some_and(|s| s.busy) {
+            // Claim the session like a writer would, so no append can start while it goes.
+            let mut live = lock(&self.inner.live_sessions)?;
+            let slot = live.entry(id).or_default();
+            if slot.busy {
                 return Err(Error::SessionBusy(id));
             }
+            slot.busy = true;
         }
-        self.inner.drop_session(id)?;
+        let r = self.inner.drop_session(id);
         lock(&self.inner.live_sessions)?.remove(&id);
-        Ok(())
+        r
     }
 
     /// Abort every session past its expiry. Returns how many were reclaimed.

@@ -18,7 +18,7 @@ use crate::io::{IoBackend, IoMode, open_backend};
 use crate::pack::{
     LocalPacks, Location, NewRecord, PACK_HEADER_LEN, PackStore, RECORD_HEADER_LEN, RecordKind,
 };
-use crate::read::ReadPool;
+use crate::read::{LayoutCache, ReadPool};
 
 const STORE_FILE: &str = "STORE";
 const STORE_FORMAT: &str = "fms-store 1";
@@ -76,7 +76,7 @@ impl StoreBuilder {
         self.gc_dead_ratio = r.clamp(0.0, 1.0);
         self
     }
-    /// Chunk reads kept in flight per reader. Default 4.
+    /// Read-ahead per reader, in groups of about 512 KiB of chunks. Default 4.
     pub fn read_ahead(mut self, n: usize) -> Self {
         self.read_ahead = n.clamp(1, 64);
         self
@@ -95,13 +95,18 @@ impl StoreBuilder {
             None => open_backend(self.io_mode).ctx(|| "open I/O back end".to_string())?,
         };
         let index = Index::open(&self.path.join("index"))?;
-        let packs = LocalPacks::open(&self.path.join("packs"), io, self.pack_size)?;
+        let packs: Arc<dyn PackStore> = Arc::new(LocalPacks::open(
+            &self.path.join("packs"),
+            io,
+            self.pack_size,
+        )?);
         tracing::info!(path = %self.path.display(), io = packs.io_name(), %params, "store open");
         let inner = Arc::new(Inner {
             path: self.path,
             params,
             index,
-            packs: Box::new(packs),
+            syncer: start_syncer(packs.clone()),
+            packs,
             commit: Mutex::new(()),
             pins: Mutex::new(HashMap::new()),
             writers: Mutex::new((0, std::collections::BTreeMap::new())),
@@ -111,9 +116,27 @@ impl StoreBuilder {
             gc_dead_ratio: self.gc_dead_ratio,
             read_ahead: self.read_ahead,
             readers: ReadPool::new(self.read_ahead.max(2)),
+            layouts: LayoutCache::new(64),
         });
         Ok(Store { inner })
     }
+}
+
+fn start_syncer(packs: Arc<dyn PackStore>) -> std::sync::mpsc::SyncSender<u32> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<u32>(4);
+    let spawned = std::thread::Builder::new()
+        .name("fms-writeback".into())
+        .spawn(move || {
+            // Ends when the store (the only sender) is dropped.
+            while let Ok(pack) = rx.recv() {
+                // A failure poisons the pack store; the writer's own sync reports it.
+                let _ = packs.sync(pack);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no background writeback thread; syncs happen at commit only");
+    }
+    tx
 }
 
 fn load_or_create_params(
@@ -194,7 +217,10 @@ pub(crate) struct Inner {
     pub(crate) path: PathBuf,
     pub(crate) params: ChunkParams,
     pub(crate) index: Index,
-    pub(crate) packs: Box<dyn PackStore>,
+    pub(crate) packs: Arc<dyn PackStore>,
+    /// Background writeback: pack ids to fdatasync early, so the sync before a commit finds
+    /// little left to write (durability still comes from that commit-time sync).
+    pub(crate) syncer: std::sync::mpsc::SyncSender<u32>,
     /// Serializes every refcount read-modify-write and index commit.
     pub(crate) commit: Mutex<()>,
     /// Chunks an in-flight writer found in the index and will reference at its commit;
@@ -210,6 +236,7 @@ pub(crate) struct Inner {
     pub(crate) gc_dead_ratio: f64,
     pub(crate) read_ahead: usize,
     pub(crate) readers: ReadPool,
+    pub(crate) layouts: LayoutCache,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
@@ -349,7 +376,9 @@ impl Store {
         wb.delete_cf(inner.index.cf(CF_MANIFESTS)?, id.0);
         let deltas = distinct(&manifest).into_iter().map(|c| (c, -1)).collect();
         inner.apply_refs(&mut wb, &deltas, &HashMap::new())?;
-        inner.index.write_sync(wb)
+        inner.index.write_sync(wb)?;
+        inner.layouts.forget(&id);
+        Ok(())
     }
 
     /// Store-wide numbers (a scan of the index; cheap enough for `fms stat` and metrics).

@@ -1,7 +1,9 @@
-//! The write path: a bounded two-stage pipeline. The caller's thread cuts chunks (FastCDC);
-//! a worker thread hashes them (chunk ids and the whole-file hash), looks each up in the
-//! index, and appends only new ones to the active pack in batches. A full channel makes the
-//! caller wait: memory per writer stays under a few MiB whatever the file size.
+//! The write path: a bounded three-stage pipeline. The caller's thread cuts chunks (FastCDC);
+//! a hasher thread computes chunk ids and the whole-file hash and looks each chunk up in the
+//! index; a writer thread appends the new ones to the active pack in batches. On two cores
+//! the stages overlap (duplicate data never reaches the writer). Every channel is bounded, so
+//! a slow stage makes the one before it wait: memory per upload stays at a few MiB whatever
+//! the file size.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +23,10 @@ use crate::store::{FileInfo, Inner, Store, WriterGuard};
 const CHANNEL_CHUNKS: usize = 32;
 /// New chunk bytes gathered before one pack append.
 const WRITE_BATCH_BYTES: usize = 4 << 20;
+/// Batches queued for the writer stage.
+const WRITER_BATCHES: usize = 2;
+/// Appended bytes after which background writeback of the pack is requested.
+const WRITEBACK_BYTES: usize = 32 << 20;
 
 /// What the worker has produced since the last flush.
 #[derive(Debug, Default)]
@@ -43,11 +49,14 @@ enum Msg {
 /// The worker stage.
 struct Sink {
     inner: Arc<Inner>,
+    /// The whole-file hash (the chunker's thread has enough to do cutting).
     hasher: Option<blake3::Hasher>,
     /// Chunks this writer already decided (written or pinned): never written twice.
     known: HashSet<ChunkId>,
     pending: Vec<(ChunkId, Bytes)>,
     pending_bytes: usize,
+    writer: SyncSender<WMsg>,
+    writer_thread: Option<JoinHandle<()>>,
     out: Flushed,
 }
 
@@ -81,29 +90,25 @@ impl Sink {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let records: Vec<NewRecord<'_>> = self
-            .pending
-            .iter()
-            .map(|(id, b)| NewRecord {
-                kind: RecordKind::Chunk,
-                hash: id.0,
-                payload: b,
-            })
-            .collect();
-        let locs = self.inner.packs.append(&records)?;
-        for ((id, b), loc) in self.pending.drain(..).zip(locs) {
-            self.out.new_locs.insert(id, (loc, b.len() as u32));
-            self.out.new_bytes += b.len() as u64;
-            if self.out.packs.last() != Some(&loc.pack) {
-                self.out.packs.push(loc.pack);
-            }
-        }
+        let batch = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
-        Ok(())
+        self.writer
+            .send(WMsg::Batch(batch))
+            .map_err(|_| Error::Index("pack writer stopped".into()))
     }
 
     fn flush(&mut self) -> Result<Flushed> {
         self.write_pending()?;
+        let (tx, rx) = sync_channel(1);
+        self.writer
+            .send(WMsg::Flush(tx))
+            .map_err(|_| Error::Index("pack writer stopped".into()))?;
+        let w = rx
+            .recv()
+            .map_err(|_| Error::Index("pack writer stopped".into()))??;
+        self.out.new_locs.extend(w.new_locs);
+        self.out.packs.extend(w.packs);
+        self.out.new_bytes += w.new_bytes;
         Ok(std::mem::take(&mut self.out))
     }
 
@@ -142,6 +147,76 @@ impl Drop for Sink {
     fn drop(&mut self) {
         // Pins not handed over by a flush (the writer was abandoned).
         self.inner.unpin_all(&self.out.pinned);
+        // Stop the writer stage: replace our sender so the channel closes, then wait.
+        let (dead, _) = sync_channel(0);
+        drop(std::mem::replace(&mut self.writer, dead));
+        if let Some(t) = self.writer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+enum WMsg {
+    Batch(Vec<(ChunkId, Bytes)>),
+    Flush(SyncSender<Result<Written>>),
+}
+
+/// What the writer stage appended since the last flush.
+#[derive(Default)]
+struct Written {
+    new_locs: HashMap<ChunkId, (Location, u32)>,
+    packs: Vec<u32>,
+    new_bytes: u64,
+}
+
+/// The writer stage: append batches of new chunks, ask for early writeback now and then.
+fn writer_loop(inner: &Inner, rx: Receiver<WMsg>) {
+    let mut out = Written::default();
+    let mut failed: Option<Error> = None;
+    let mut unsynced = 0usize;
+    for msg in rx {
+        match msg {
+            WMsg::Batch(batch) => {
+                if failed.is_some() {
+                    continue;
+                }
+                let records: Vec<NewRecord<'_>> = batch
+                    .iter()
+                    .map(|(id, b)| NewRecord {
+                        kind: RecordKind::Chunk,
+                        hash: id.0,
+                        payload: b,
+                    })
+                    .collect();
+                match inner.packs.append(&records) {
+                    Ok(locs) => {
+                        for ((id, b), loc) in batch.iter().zip(locs) {
+                            out.new_locs.insert(*id, (loc, b.len() as u32));
+                            out.new_bytes += b.len() as u64;
+                            unsynced += b.len();
+                            if out.packs.last() != Some(&loc.pack) {
+                                out.packs.push(loc.pack);
+                            }
+                        }
+                    }
+                    Err(e) => failed = Some(e),
+                }
+                if unsynced >= WRITEBACK_BYTES
+                    && let Some(&pack) = out.packs.last()
+                {
+                    // Start writing back now rather than all at the commit; skip if busy.
+                    let _ = inner.syncer.try_send(pack);
+                    unsynced = 0;
+                }
+            }
+            WMsg::Flush(reply) => {
+                let r = match failed.take() {
+                    Some(e) => Err(e),
+                    None => Ok(std::mem::take(&mut out)),
+                };
+                let _ = reply.send(r);
+            }
+        }
     }
 }
 
@@ -160,12 +235,20 @@ impl Pipeline {
         known: HashSet<ChunkId>,
     ) -> Result<Self> {
         let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
+        let (wtx, wrx) = sync_channel(WRITER_BATCHES);
+        let winner = inner.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("fms-pack-writer".into())
+            .spawn(move || writer_loop(&winner, wrx))
+            .map_err(|e| Error::io("spawn pack writer", e))?;
         let sink = Sink {
             inner: inner.clone(),
             hasher,
             known,
             pending: Vec::new(),
             pending_bytes: 0,
+            writer: wtx,
+            writer_thread: Some(writer_thread),
             out: Flushed::default(),
         };
         let worker = std::thread::Builder::new()

@@ -97,10 +97,13 @@ fn random_sigkill_during_ingest() {
                 &threads.to_string(),
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let errors =
+            std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
         let reader = std::thread::spawn(move || {
             BufReader::new(stdout)
                 .lines()
@@ -115,6 +118,11 @@ fn random_sigkill_during_ingest() {
             "iteration {i}: the child exited by itself: {status}"
         );
         let lines = reader.join().unwrap();
+        let errors = errors.join().unwrap();
+        assert!(
+            !errors.contains("panicked") && !errors.contains("ERROR"),
+            "iteration {i}: the child reported an error before the kill:\n{errors}"
+        );
         acked_total += lines.iter().filter(|l| l.starts_with("ACK")).count();
         for l in &lines {
             oracle.take(l);
