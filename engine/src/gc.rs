@@ -157,6 +157,7 @@ impl Store {
             }
         }
         inner.sync_packs(&mut packs_written)?;
+        crate::failpoint::hit("gc.after_copy");
         // 3. Switch the index over, atomically with respect to commits and pins.
         {
             let _commit = lock(&inner.commit)?;
@@ -191,8 +192,10 @@ impl Store {
             report.chunks_moved += moved.len() as u64;
             report.chunks_dropped += dropped;
         }
+        crate::failpoint::hit("gc.after_switch");
         // 4. Drop the pack. Readers that already hold it finish; new ones look up again.
         inner.packs.remove(pack)?;
+        crate::failpoint::hit("gc.after_unlink");
         Ok(true)
     }
 }

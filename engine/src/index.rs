@@ -360,6 +360,7 @@ impl Index {
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db.write_opt(batch, &wo)?;
+        crate::failpoint::hit("index.after_commit");
         Ok(())
     }
 }

@@ -31,6 +31,7 @@
 mod chunker;
 mod durable;
 mod error;
+mod failpoint;
 mod gc;
 mod id;
 mod index;
@@ -45,6 +46,7 @@ mod write;
 
 pub use chunker::{ChunkParams, Chunker};
 pub use error::{Error, Result};
+pub use failpoint::KILL_POINTS;
 pub use gc::GcReport;
 pub use id::{ChunkId, ContentHash, FileId, ParseIdError, SessionId};
 pub use index::{ChunkEntry, FileMeta, ManifestEntry};

@@ -473,6 +473,7 @@ impl PackStore for LocalPacks {
         match self.io.write_all_at(&active.file, active.len, &bufs) {
             Ok(()) => {
                 active.len = at;
+                crate::failpoint::hit("pack.after_append");
                 Ok(locs)
             }
             Err(e) => {
@@ -490,7 +491,9 @@ impl PackStore for LocalPacks {
         };
         self.io
             .sync_data(&file)
-            .map_err(|e| self.poison(format!("fdatasync pack {pack}: {e}")))
+            .map_err(|e| self.poison(format!("fdatasync pack {pack}: {e}")))?;
+        crate::failpoint::hit("pack.after_sync");
+        Ok(())
     }
 
     fn read(&self, pack: u32, offset: u64, buf: &mut [u8]) -> Result<bool> {

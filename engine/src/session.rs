@@ -302,6 +302,7 @@ impl SessionWriter {
             next.chunks += flushed.entries.len() as u32;
         }
         wb.put_cf(cf, self.id.0, next.encode());
+        crate::failpoint::hit("session.before_commit");
         {
             let _g = lock(&inner.commit)?;
             inner.apply_refs(&mut wb, &deltas, &flushed.new_locs)?;

@@ -68,6 +68,112 @@ impl Oracle {
     }
 }
 
+/// Reopen the store and check G1-G4 against the oracle; resume and finish every session the
+/// child acknowledged; drop the sessions it never acknowledged.
+fn check(dir: &std::path::Path, oracle: &mut Oracle, at: &str) -> Duration {
+    let t = Instant::now();
+    let store = Store::open(dir).unwrap_or_else(|e| panic!("{at}: reopen failed: {e}"));
+    let reopen = t.elapsed();
+    // G1: every acknowledged file is there, bit-exact.
+    for (id, (hash, size)) in &oracle.acked {
+        let data = read_all(&store, *id)
+            .unwrap_or_else(|e| panic!("{at}: acknowledged {id} unreadable: {e}"));
+        assert_eq!(data.len() as u64, *size);
+        assert_eq!(
+            blake3::hash(&data).as_bytes(),
+            hash,
+            "{at}: {id} has wrong bytes"
+        );
+    }
+    // G2: whatever is visible is whole (its bytes match its recorded hash).
+    for (id, meta) in store.list().unwrap() {
+        let data = read_all(&store, id).unwrap();
+        assert_eq!(
+            blake3::hash(&data).as_bytes(),
+            &meta.hash,
+            "{at}: {id} is partial"
+        );
+    }
+    // G3 + G4.
+    let rep = store.verify().unwrap();
+    assert!(rep.is_ok(), "{at}: verify: {:?}", rep.problems);
+    // Sessions: resume from the reported offset, finish, compare.
+    let sessions: Vec<_> = oracle.sessions.drain().collect();
+    for (sid, (seed, len, acked)) in sessions {
+        let info = match store.session(sid) {
+            Ok(info) => info,
+            // Finished (committed) just before the kill, its SESSIONDONE line unprinted.
+            Err(Error::SessionNotFound(_)) if acked == len as u64 => continue,
+            Err(e) => panic!("{at}: session {sid}: {e}"),
+        };
+        assert!(
+            info.offset >= acked && info.offset <= len as u64,
+            "{at}: session at {} acked {acked}",
+            info.offset
+        );
+        let data = content(seed, len);
+        let mut w = store.session_writer(sid, info.offset).unwrap();
+        w.write(&data[info.offset as usize..]).unwrap();
+        let done = w.finish().unwrap();
+        assert_eq!(
+            done.meta.hash,
+            *blake3::hash(&data).as_bytes(),
+            "{at}: resumed session has wrong bytes"
+        );
+        store.delete(done.id).unwrap();
+    }
+    // Sessions the child opened but never acknowledged anything for: drop them.
+    for sid in store.session_ids().unwrap() {
+        store.abort_session(sid).unwrap();
+    }
+    reopen
+}
+
+/// Run the child until it dies: killed by us after `kill_after`, or by itself (a kill point).
+/// Returns its stdout lines and stderr.
+fn run_child(
+    dir: &std::path::Path,
+    seed: u64,
+    threads: u64,
+    kill_after: Option<Duration>,
+    env: &[(&str, String)],
+) -> (Vec<String>, String, std::process::ExitStatus) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fms-torture"));
+    cmd.args([
+        "ingest",
+        dir.to_str().unwrap(),
+        &seed.to_string(),
+        &threads.to_string(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let errors = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let deadline = Instant::now() + kill_after.unwrap_or(Duration::from_secs(60));
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap(); // SIGKILL
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (reader.join().unwrap(), errors.join().unwrap(), status)
+}
+
 #[test]
 fn random_sigkill_during_ingest() {
     let iters: u64 = std::env::var("FMS_CRASH_ITERS")
@@ -89,36 +195,12 @@ fn random_sigkill_during_ingest() {
     let mut worst_reopen = Duration::ZERO;
     let mut acked_total = 0usize;
     for i in 0..iters {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fms-torture"))
-            .args([
-                "ingest",
-                dir.path().to_str().unwrap(),
-                &i.to_string(),
-                &threads.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let errors =
-            std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-        let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .collect::<Vec<String>>()
-        });
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..700)));
-        child.kill().unwrap(); // SIGKILL
-        let status = child.wait().unwrap();
+        let wait = Duration::from_millis(rng.random_range(20..700));
+        let (lines, errors, status) = run_child(dir.path(), i, threads, Some(wait), &[]);
         assert!(
             !status.success(),
             "iteration {i}: the child exited by itself: {status}"
         );
-        let lines = reader.join().unwrap();
-        let errors = errors.join().unwrap();
         assert!(
             !errors.contains("panicked") && !errors.contains("ERROR"),
             "iteration {i}: the child reported an error before the kill:\n{errors}"
@@ -127,63 +209,7 @@ fn random_sigkill_during_ingest() {
         for l in &lines {
             oracle.take(l);
         }
-
-        let t = Instant::now();
-        let store =
-            Store::open(dir.path()).unwrap_or_else(|e| panic!("iteration {i}: reopen failed: {e}"));
-        worst_reopen = worst_reopen.max(t.elapsed());
-        // G1: every acknowledged file is there, bit-exact.
-        for (id, (hash, size)) in &oracle.acked {
-            let data = read_all(&store, *id)
-                .unwrap_or_else(|e| panic!("iteration {i}: acknowledged {id} unreadable: {e}"));
-            assert_eq!(data.len() as u64, *size);
-            assert_eq!(
-                blake3::hash(&data).as_bytes(),
-                hash,
-                "iteration {i}: {id} has wrong bytes"
-            );
-        }
-        // G2: whatever is visible is whole (its bytes match its recorded hash).
-        for (id, meta) in store.list().unwrap() {
-            let data = read_all(&store, id).unwrap();
-            assert_eq!(
-                blake3::hash(&data).as_bytes(),
-                &meta.hash,
-                "iteration {i}: {id} is partial"
-            );
-        }
-        // G3 + G4.
-        let rep = store.verify().unwrap();
-        assert!(rep.is_ok(), "iteration {i}: verify: {:?}", rep.problems);
-        // Sessions: resume from the reported offset, finish, compare.
-        let sessions: Vec<_> = oracle.sessions.drain().collect();
-        for (sid, (seed, len, acked)) in sessions {
-            let info = match store.session(sid) {
-                Ok(info) => info,
-                // Finished (committed) just before the kill, its SESSIONDONE line unprinted.
-                Err(Error::SessionNotFound(_)) if acked == len as u64 => continue,
-                Err(e) => panic!("iteration {i}: session {sid}: {e}"),
-            };
-            assert!(
-                info.offset >= acked && info.offset <= len as u64,
-                "iteration {i}: session at {} acked {acked}",
-                info.offset
-            );
-            let data = content(seed, len);
-            let mut w = store.session_writer(sid, info.offset).unwrap();
-            w.write(&data[info.offset as usize..]).unwrap();
-            let done = w.finish().unwrap();
-            assert_eq!(
-                done.meta.hash,
-                *blake3::hash(&data).as_bytes(),
-                "iteration {i}: resumed session has wrong bytes"
-            );
-            store.delete(done.id).unwrap();
-        }
-        // Sessions the child opened but never acknowledged anything for: drop them.
-        for sid in store.session_ids().unwrap() {
-            store.abort_session(sid).unwrap();
-        }
+        worst_reopen = worst_reopen.max(check(dir.path(), &mut oracle, &format!("iteration {i}")));
     }
     eprintln!(
         "{iters} kills, {acked_total} acknowledged uploads, {} files alive, worst reopen {worst_reopen:?}",
@@ -227,5 +253,59 @@ fn streamed_ingest_memory_is_bounded() {
     assert!(
         hwm_kib > 0 && hwm_kib < 256 * 1024,
         "peak RSS {hwm_kib} KiB"
+    );
+}
+
+/// RELIABILITY.md test 2: the child aborts at each named kill point (commit order, session
+/// checkpoint, every step of compaction); every point must be reached, the guarantees hold
+/// after each, and the next GC passes reclaim what an interrupted compaction left behind.
+#[test]
+fn named_kill_points() {
+    let rounds: u64 = std::env::var("FMS_KILLPOINT_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut oracle = Oracle::default();
+    let mut rng = SmallRng::seed_from_u64(11);
+    let mut seed = 10_000;
+    for round in 0..rounds {
+        for point in fms_engine::KILL_POINTS {
+            seed += 1;
+            let after = rng.random_range(1..6u64).to_string();
+            let env = [
+                ("FMS_KILL_AT", point.to_string()),
+                ("FMS_KILL_AFTER", after),
+            ];
+            let (lines, errors, status) = run_child(dir.path(), seed, 4, None, &env);
+            let at = format!("round {round}, kill point {point}");
+            assert!(
+                errors.contains(&format!("failpoint {point} hit")),
+                "{at}: never reached (exit {status}); stderr:\n{errors}"
+            );
+            assert!(
+                !errors.contains("panicked"),
+                "{at}: the child panicked:\n{errors}"
+            );
+            for l in &lines {
+                oracle.take(l);
+            }
+            check(dir.path(), &mut oracle, &at);
+        }
+    }
+    // Orphans of interrupted compactions (copies, packs left behind) are reclaimed.
+    let store = Store::builder(dir.path())
+        .gc_dead_ratio(0.3)
+        .open()
+        .unwrap();
+    for _ in 0..3 {
+        store.gc().unwrap();
+    }
+    let s = store.stats().unwrap();
+    assert!(store.verify().unwrap().is_ok());
+    // What remains dead sits in the active pack (never compacted) or below the threshold.
+    assert!(
+        (s.dead_bytes as f64) < 0.3 * s.stored_bytes as f64 + (4 << 20) as f64,
+        "dead bytes not reclaimed: {s:?}"
     );
 }
