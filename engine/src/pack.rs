@@ -313,10 +313,27 @@ impl LocalPacks {
         let header_ok = self.io.read_exact_at(&file, 0, &mut hdr).is_ok()
             && decode_pack_header(&hdr, id).is_ok();
         if !header_ok {
-            tracing::warn!(pack = id, "newest pack has no valid header; recreating it");
-            self.files.write().map_err(|_| lock_err())?.remove(&id);
-            durable::remove_durable(&path)?;
-            return self.create_pack(id);
+            let len = file
+                .metadata()
+                .ctx(|| format!("stat {}", path.display()))?
+                .len();
+            if len <= PACK_HEADER_LEN {
+                // Created but its header never became durable: nothing was ever in it.
+                tracing::warn!(pack = id, "newest pack has no valid header; recreating it");
+                self.files.write().map_err(|_| lock_err())?.remove(&id);
+                durable::remove_durable(&path)?;
+                return self.create_pack(id);
+            }
+            // A damaged header on a pack with records: never touch its data (verify reports
+            // it; reads locate records by offset); new records go to a fresh pack.
+            tracing::error!(
+                pack = id,
+                "newest pack has a damaged header; leaving it as is"
+            );
+            let next = id
+                .checked_add(1)
+                .ok_or_else(|| Error::Config("pack ids exhausted".into()))?;
+            return self.create_pack(next);
         }
         let end = self.scan_file(id, &file, &mut |_| Ok(()))?;
         if end.valid_len < end.file_len {

@@ -1,14 +1,15 @@
 //! `verify`: a full scan in the manner of `restic check --read-data` — every pack record read
 //! and hashed, every index entry matched to a good record, every manifest resolved, every
-//! refcount recomputed.
+//! file's content rehashed, every refcount recomputed.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::id::{ChunkId, FileId};
-use crate::index::{self, CF_CHUNKS, CF_MANIFESTS, ChunkEntry};
+use crate::index::CF_FILES;
+use crate::index::{self, CF_CHUNKS, CF_MANIFESTS, ChunkEntry, FileMeta};
 use crate::pack::{Location, RECORD_HEADER_LEN, RecordKind};
-use crate::store::{Store, bad_key, distinct};
+use crate::store::{Store, distinct};
 
 /// The outcome of [`Store::verify`].
 #[derive(Debug, Clone, Default)]
@@ -39,6 +40,8 @@ impl Store {
         let mut rep = VerifyReport::default();
         // 1. Packs: every record's payload against its hash.
         let mut good: HashMap<Location, (ChunkId, u32)> = HashMap::new();
+        // Manifest records found in the packs: what a reindex would rebuild each file from.
+        let mut recorded: HashMap<FileId, (FileMeta, [u8; 32])> = HashMap::new();
         let active = inner.packs.active();
         for (pack, _) in inner.packs.list()? {
             rep.packs += 1;
@@ -55,6 +58,12 @@ impl Store {
                         "pack {pack} offset {}: {:?} record content does not match its hash",
                         r.offset, r.header.kind
                     ));
+                } else if r.header.kind == RecordKind::Manifest {
+                    if let Some((id, meta, m)) = index::decode_manifest_record(&buf) {
+                        let mut enc = Vec::new();
+                        index::encode_entries(&m, &mut enc);
+                        recorded.insert(id, (meta, *blake3::hash(&enc).as_bytes()));
+                    }
                 } else if r.header.kind == RecordKind::Chunk {
                     good.insert(
                         Location {
@@ -81,19 +90,21 @@ impl Store {
         let mut entries: HashMap<ChunkId, ChunkEntry> = HashMap::new();
         let mut bad_chunks: HashSet<ChunkId> = HashSet::new();
         inner.index.scan(CF_CHUNKS, |k, v| {
-            let id = ChunkId(k.try_into().map_err(|_| bad_key("chunk", k))?);
-            let e = ChunkEntry::decode(v).ok_or_else(|| bad_key("chunk", k))?;
             rep.chunks += 1;
+            let (Ok(id), Some(e)) = (<[u8; 32]>::try_from(k), ChunkEntry::decode(v)) else {
+                rep.problems
+                    .push(format!("index: undecodable chunk entry {}", hex::encode(k)));
+                return Ok(());
+            };
+            let id = ChunkId(id);
             match good.get(&e.loc) {
                 Some(&(gid, glen)) if gid == id && glen == e.len => {}
                 _ => {
                     bad_chunks.insert(id);
-                    if e.refs > 0 {
-                        rep.problems.push(format!(
-                            "chunk {id}: no intact record at pack {} offset {}",
-                            e.loc.pack, e.loc.offset
-                        ));
-                    }
+                    rep.problems.push(format!(
+                        "chunk {id}: no intact record at pack {} offset {}",
+                        e.loc.pack, e.loc.offset
+                    ));
                 }
             }
             entries.insert(id, e);
@@ -104,10 +115,25 @@ impl Store {
         let mut damaged: Vec<FileId> = Vec::new();
         let mut file_ids = Vec::new();
         inner.index.scan(CF_MANIFESTS, |k, v| {
-            let id = FileId(k.try_into().map_err(|_| bad_key("manifest", k))?);
-            let m = index::decode_entries(v).ok_or_else(|| bad_key("manifest", k))?;
+            let Ok(id) = <[u8; 16]>::try_from(k) else {
+                rep.problems.push(format!(
+                    "index: manifest under a bad key {}",
+                    hex::encode(k)
+                ));
+                return Ok(());
+            };
+            let id = FileId(id);
             file_ids.push(id);
             rep.files += 1;
+            let Some(m) = index::decode_entries(v) else {
+                rep.problems
+                    .push(format!("file {id}: undecodable manifest in the index"));
+                damaged.push(id);
+                return Ok(());
+            };
+            let mut enc = Vec::new();
+            index::encode_entries(&m, &mut enc);
+            let manifest_hash = *blake3::hash(&enc).as_bytes();
             let mut broken = false;
             for c in distinct(&m) {
                 *tally.entry(c).or_default() += 1;
@@ -121,8 +147,20 @@ impl Store {
                     broken = true;
                 }
             }
-            match inner.index.file_meta(&id)? {
+            match inner.index.file_meta(&id).ok().flatten() {
                 Some(meta) => {
+                    match recorded.get(&id) {
+                        Some((rmeta, rhash)) if *rmeta == meta && *rhash == manifest_hash => {}
+                        Some(_) => {
+                            rep.problems.push(format!(
+                                "file {id}: index differs from its manifest record in the packs"
+                            ));
+                            broken = true;
+                        }
+                        None => rep.problems.push(format!(
+                            "file {id}: no manifest record in the packs (a reindex would lose it)"
+                        )),
+                    }
                     let size: u64 = m.iter().map(|e| e.len as u64).sum();
                     if size != meta.size || m.len() != meta.chunks as usize {
                         rep.problems
@@ -130,21 +168,72 @@ impl Store {
                         broken = true;
                     }
                 }
-                None => rep
-                    .problems
-                    .push(format!("file {id}: manifest without metadata")),
+                None => {
+                    rep.problems
+                        .push(format!("file {id}: metadata missing or undecodable"));
+                    broken = true;
+                }
             }
             if broken {
                 damaged.push(id);
             }
             Ok(())
         })?;
-        for (id, _) in self.list()? {
-            if !file_ids.contains(&id) {
-                rep.problems
-                    .push(format!("file {id}: metadata without manifest"));
-                damaged.push(id);
+        // Every intact file's bytes hash to its recorded content hash (catches a damaged
+        // hash in the metadata, which no chunk check can).
+        let already: HashSet<FileId> = damaged.iter().copied().collect();
+        for id in &file_ids {
+            if already.contains(id) {
+                continue;
             }
+            let Some(meta) = inner.index.file_meta(id).ok().flatten() else {
+                continue;
+            };
+            let mut h = blake3::Hasher::new();
+            let mut failure = None;
+            let reader = match self.read_range(*id, 0, meta.size) {
+                Ok(r) => r,
+                Err(e) => {
+                    rep.problems.push(format!("file {id}: cannot be read: {e}"));
+                    damaged.push(*id);
+                    continue;
+                }
+            };
+            for piece in reader {
+                match piece {
+                    Ok(b) => {
+                        h.update(&b);
+                    }
+                    Err(e) => {
+                        failure = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failure {
+                rep.problems.push(format!("file {id}: cannot be read: {e}"));
+                damaged.push(*id);
+            } else if h.finalize().as_bytes() != &meta.hash {
+                rep.problems.push(format!(
+                    "file {id}: content does not match its recorded hash"
+                ));
+                damaged.push(*id);
+            }
+        }
+        let known: HashSet<FileId> = file_ids.iter().copied().collect();
+        let mut orphans = Vec::new();
+        inner.index.scan(CF_FILES, |k, _| {
+            match <[u8; 16]>::try_from(k) {
+                Ok(id) if !known.contains(&FileId(id)) => orphans.push(FileId(id)),
+                Ok(_) => {}
+                Err(_) => orphans.push(FileId([0; 16])),
+            }
+            Ok(())
+        })?;
+        for id in orphans {
+            rep.problems
+                .push(format!("file {id}: metadata without manifest"));
+            damaged.push(id);
         }
         for sid in self.session_ids()? {
             rep.sessions += 1;

@@ -577,3 +577,28 @@ fn sessions_resume_across_reopen_and_expire() {
         assert!(store.verify().unwrap().is_ok());
     }
 }
+
+#[test]
+fn damaged_header_of_the_newest_pack_never_loses_its_records() {
+    use std::os::unix::fs::FileExt;
+    for mode in modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), mode);
+        let a = store.put(&random(1, 400_000)).unwrap();
+        drop(store);
+        let newest = packs(dir.path()).pop().unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&newest).unwrap();
+        f.write_all_at(b"X", 2).unwrap();
+        let store = open(dir.path(), mode);
+        assert!(read_all(&store, a.id) == random(1, 400_000), "records stay readable");
+        let b = store.put(&random(2, 300_000)).unwrap();
+        assert!(!store.verify().unwrap().is_ok(), "the damaged header is reported");
+        drop(store);
+        f.write_all_at(b"S", 2).unwrap(); // "FMSPACK": restore the byte
+        let store = open(dir.path(), mode);
+        assert!(read_all(&store, a.id) == random(1, 400_000));
+        assert!(read_all(&store, b.id) == random(2, 300_000));
+        let rep = store.verify().unwrap();
+        assert!(rep.is_ok(), "{:?}", rep.problems);
+    }
+}
