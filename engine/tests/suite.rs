@@ -587,12 +587,22 @@ fn damaged_header_of_the_newest_pack_never_loses_its_records() {
         let a = store.put(&random(1, 400_000)).unwrap();
         drop(store);
         let newest = packs(dir.path()).pop().unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&newest).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&newest)
+            .unwrap();
         f.write_all_at(b"X", 2).unwrap();
         let store = open(dir.path(), mode);
-        assert!(read_all(&store, a.id) == random(1, 400_000), "records stay readable");
+        assert!(
+            read_all(&store, a.id) == random(1, 400_000),
+            "records stay readable"
+        );
         let b = store.put(&random(2, 300_000)).unwrap();
-        assert!(!store.verify().unwrap().is_ok(), "the damaged header is reported");
+        assert!(
+            !store.verify().unwrap().is_ok(),
+            "the damaged header is reported"
+        );
         drop(store);
         f.write_all_at(b"S", 2).unwrap(); // "FMSPACK": restore the byte
         let store = open(dir.path(), mode);
