@@ -368,6 +368,20 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Decoders of bytes read from disk never panic, whatever the bytes.
+        #[test]
+        fn decoders_survive_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = ChunkEntry::decode(&bytes);
+            let _ = FileMeta::decode(&bytes);
+            let _ = decode_entries(&bytes);
+            let _ = decode_manifest_record(&bytes);
+            let _ = decode_tombstone(&bytes);
+            let _ = SessionHeader::decode(&bytes);
+        }
+    }
 
     #[test]
     fn encodings_round_trip_and_reject_garbage() {

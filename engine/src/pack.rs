@@ -595,6 +595,15 @@ mod tests {
         }
 
         #[test]
+        fn header_decoder_survives_arbitrary_bytes(b in any::<[u8; 32]>(), c in any::<[u8; 16]>()) {
+            let mut h = [0u8; 48];
+            h[..32].copy_from_slice(&b);
+            h[32..].copy_from_slice(&c);
+            let _ = RecordHeader::decode(&h);
+            let _ = decode_pack_header(&b, 1);
+        }
+
+        #[test]
         fn any_flipped_header_bit_is_detected(bit in 0usize..(48 * 8)) {
             let h = RecordHeader::for_payload(RecordKind::Chunk, b"payload");
             let mut b = h.encode();
