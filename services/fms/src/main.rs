@@ -165,8 +165,10 @@ fn record(info_id: FileId, meta: &FileMeta) -> serde_json::Value {
     })
 }
 
+/// A progress bar on stderr, only for a person watching: when stdout is a terminal (so not
+/// in `id=$(fms put f)` or `fms get ID > f`) and stderr can draw it.
 fn progress(len: Option<u64>, what: &str) -> Option<ProgressBar> {
-    if !io::stderr().is_terminal() {
+    if !io::stdout().is_terminal() || !io::stderr().is_terminal() {
         return None;
     }
     let bar = match len {

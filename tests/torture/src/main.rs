@@ -51,7 +51,12 @@ fn main() {
 const KEEP_BYTES: u64 = 48 << 20;
 
 fn ingest(dir: &Path, seed: u64, threads: u64) {
+    let io = std::env::var("FMS_IO")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
     let store = Store::builder(dir)
+        .io_mode(io)
         .pack_size(4 << 20)
         .gc_dead_ratio(0.3)
         .open()

@@ -196,7 +196,10 @@ fn random_sigkill_during_ingest() {
     let mut acked_total = 0usize;
     for i in 0..iters {
         let wait = Duration::from_millis(rng.random_range(20..700));
-        let (lines, errors, status) = run_child(dir.path(), i, threads, Some(wait), &[]);
+        // Alternate the I/O back ends (auto is io_uring where the kernel allows it).
+        let io = if i % 2 == 0 { "auto" } else { "std" };
+        let env = [("FMS_IO", io.to_string())];
+        let (lines, errors, status) = run_child(dir.path(), i, threads, Some(wait), &env);
         assert!(
             !status.success(),
             "iteration {i}: the child exited by itself: {status}"
