@@ -136,6 +136,50 @@ impl Chunker {
         Ok(())
     }
 
+    /// Feed owned bytes. Chunks that lie wholly inside `data` are emitted as slices of it
+    /// (no copy); only a chunk that straddles two pieces, and the uncut tail, are copied.
+    pub fn push_bytes<E>(
+        &mut self,
+        mut data: Bytes,
+        emit: &mut impl FnMut(Bytes) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let max = self.params.max as usize;
+        loop {
+            if !self.buf.is_empty() {
+                // Complete the window of `max` bytes that starts at the pending chunk.
+                let before = self.buf.len();
+                let take = max.saturating_sub(before).min(data.len());
+                self.buf
+                    .extend_from_slice(data.get(..take).unwrap_or_default());
+                if self.buf.len() < max {
+                    return Ok(()); // everything went into the window; wait for more
+                }
+                let n = self
+                    .cut_len(self.buf.get(..max).unwrap_or_default())
+                    .clamp(1, max);
+                if n >= before {
+                    // The chunk ends inside `data`: emit it, then go on from `data` itself.
+                    self.buf.truncate(n);
+                    emit(self.buf.split().freeze())?;
+                    let _ = data.split_to(n - before);
+                } else {
+                    // The chunk ends inside the old pending bytes: un-take what we copied.
+                    emit(self.buf.split_to(n).freeze())?;
+                    self.buf.truncate(before - n);
+                    continue;
+                }
+            }
+            while data.len() >= max {
+                let n = self
+                    .cut_len(data.get(..max).unwrap_or_default())
+                    .clamp(1, max);
+                emit(data.split_to(n))?;
+            }
+            self.buf.extend_from_slice(&data);
+            return Ok(());
+        }
+    }
+
     /// End of stream: cut what is left (possibly several chunks, possibly none).
     pub fn finish<E>(&mut self, emit: &mut impl FnMut(Bytes) -> Result<(), E>) -> Result<(), E> {
         while !self.buf.is_empty() {
@@ -170,6 +214,39 @@ mod tests {
             c.push(p, &mut emit).unwrap();
         }
         c.finish(&mut emit).unwrap();
+        out
+    }
+
+    /// Cuts through `push_bytes`, with piece sizes varying around `piece` and, for some
+    /// seeds, the slice path mixed in, checking that emitted bytes are the input's.
+    fn cuts_bytes(params: ChunkParams, data: &[u8], piece: usize, seed: u64) -> Vec<usize> {
+        let mut c = Chunker::new(params);
+        let mut out = Vec::new();
+        let mut joined = Vec::new();
+        let mut emit = |b: Bytes| -> Result<(), ()> {
+            out.push(b.len());
+            joined.extend_from_slice(&b);
+            Ok(())
+        };
+        let mut at = 0;
+        let mut k = seed;
+        while at < data.len() {
+            k = k
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let n = (piece / 2 + (k >> 40) as usize % (piece + 1))
+                .max(1)
+                .min(data.len() - at);
+            if k.is_multiple_of(5) {
+                c.push(&data[at..at + n], &mut emit).unwrap();
+            } else {
+                c.push_bytes(Bytes::copy_from_slice(&data[at..at + n]), &mut emit)
+                    .unwrap();
+            }
+            at += n;
+        }
+        c.finish(&mut emit).unwrap();
+        assert_eq!(joined, data);
         out
     }
 
@@ -219,6 +296,7 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect();
             let whole = reference(small(), &data);
             prop_assert_eq!(&cuts(small(), &data, piece), &whole);
+            prop_assert_eq!(&cuts_bytes(small(), &data, piece, seed), &whole);
             prop_assert_eq!(whole.iter().sum::<usize>(), len);
             prop_assert!(whole.iter().all(|&n| n <= 4096));
         }

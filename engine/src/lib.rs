@@ -56,4 +56,4 @@ pub use reindex::ReindexReport;
 pub use session::{SessionInfo, SessionWriter};
 pub use store::{FileInfo, Stats, Store, StoreBuilder};
 pub use verify::VerifyReport;
-pub use write::FileWriter;
+pub use write::{FileWriter, read_piece};

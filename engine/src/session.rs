@@ -270,6 +270,14 @@ impl SessionWriter {
         Ok(())
     }
 
+    /// Append owned bytes without copying the chunks inside them (not yet acknowledged).
+    pub fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        let n = data.len() as u64;
+        self.pipeline()?.write_bytes(data)?;
+        self.unacked += n;
+        Ok(())
+    }
+
     /// Make everything written so far durable; returns the new acknowledged offset.
     pub fn checkpoint(&mut self) -> Result<u64> {
         if self.unacked == 0 {

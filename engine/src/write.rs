@@ -268,6 +268,17 @@ impl Pipeline {
             .ok_or_else(|| Error::Index("ingest worker already finished".into()))
     }
 
+    pub(crate) fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+        self.chunker.push_bytes(data, &mut |c| {
+            tx.send(Msg::Chunk(c))
+                .map_err(|_| Error::Index("ingest worker stopped".into()))
+        })
+    }
+
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
         let tx = self
             .tx
@@ -354,6 +365,13 @@ impl FileWriter {
         self.pipeline.write(data)
     }
 
+    /// Feed the next bytes of the file, owned: chunks inside `data` are stored without
+    /// being copied (the form HTTP bodies and gRPC messages arrive in).
+    pub fn write_bytes(&mut self, data: Bytes) -> Result<()> {
+        self.size += data.len() as u64;
+        self.pipeline.write_bytes(data)
+    }
+
     fn absorb(&mut self, f: Flushed) {
         self.guard.pinned.extend(f.pinned);
         self.entries.extend(f.entries);
@@ -421,15 +439,8 @@ impl Store {
     /// Store everything `reader` yields as one new file.
     pub fn put_reader(&self, mut reader: impl std::io::Read) -> Result<FileInfo> {
         let mut w = self.writer()?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io("read input", e)),
-            };
-            w.write(buf.get(..n).unwrap_or_default())?;
+        while let Some(piece) = read_piece(&mut reader, 1 << 20)? {
+            w.write_bytes(piece)?;
         }
         w.finish()
     }
@@ -440,4 +451,23 @@ impl Store {
         w.write(data)?;
         w.finish()
     }
+}
+
+/// Read up to `size` bytes into a fresh buffer (handed on without a copy); `None` at the end.
+pub fn read_piece(reader: &mut impl std::io::Read, size: usize) -> Result<Option<Bytes>> {
+    let mut buf = bytes::BytesMut::zeroed(size);
+    let mut filled = 0;
+    while filled < size {
+        match reader.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::io("read input", e)),
+        }
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    buf.truncate(filled);
+    Ok(Some(buf.freeze()))
 }

@@ -373,17 +373,11 @@ fn put(store: &Store, file: &str) -> Result<FileInfo, Failure> {
     };
     let bar = progress(len, "put");
     let mut w = store.writer()?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(io_fail("read input", e)),
-        };
-        w.write(buf.get(..n).unwrap_or_default())?;
+    while let Some(piece) = fms_engine::read_piece(&mut input, 1 << 20)? {
+        let n = piece.len() as u64;
+        w.write_bytes(piece)?;
         if let Some(b) = &bar {
-            b.inc(n as u64);
+            b.inc(n);
         }
     }
     let info = w.finish()?;
