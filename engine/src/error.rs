@@ -77,9 +77,9 @@ pub enum Error {
     /// The store is out of space.
     #[error("no space left on the store's device")]
     NoSpace,
-    /// The operation was cancelled by its caller.
-    #[error("cancelled")]
-    Cancelled,
+    /// A broken internal invariant (a worker thread gone, a lock poisoned by a panic).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl Error {

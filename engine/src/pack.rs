@@ -228,7 +228,8 @@ pub struct LocalPacks {
     io: Arc<dyn IoBackend>,
     target_size: u64,
     files: RwLock<HashMap<u32, Arc<File>>>,
-    active: Mutex<Active>,
+    /// The pack appends go to; `None` only while `open` recovers the newest pack.
+    active: Mutex<Option<Active>>,
     poisoned: AtomicBool,
     poison_reason: Mutex<Option<String>>,
 }
@@ -286,11 +287,7 @@ impl LocalPacks {
             io,
             target_size,
             files: RwLock::new(files),
-            active: Mutex::new(Active {
-                id: 0,
-                file: Arc::new(tempfile_placeholder(dir)?),
-                len: 0,
-            }),
+            active: Mutex::new(None),
             poisoned: AtomicBool::new(false),
             poison_reason: Mutex::new(None),
         };
@@ -298,7 +295,7 @@ impl LocalPacks {
             None => packs.create_pack(1)?,
             Some(id) => packs.recover_tail(id)?,
         };
-        *packs.active.lock().map_err(|_| lock_err())? = active;
+        *packs.active.lock().map_err(|_| lock_err())? = Some(active);
         Ok(packs)
     }
 
@@ -435,13 +432,8 @@ impl LocalPacks {
     }
 }
 
-/// A stand-in file for the moment between construction and recovery.
-fn tempfile_placeholder(dir: &Path) -> Result<File> {
-    File::open(dir).ctx(|| format!("open {}", dir.display()))
-}
-
 fn lock_err() -> Error {
-    Error::Index("a pack lock was poisoned by a panic".into())
+    Error::Internal("a pack lock was poisoned by a panic")
 }
 
 impl PackStore for LocalPacks {
@@ -451,7 +443,8 @@ impl PackStore for LocalPacks {
             .iter()
             .map(|r| RECORD_HEADER_LEN + r.payload.len() as u64)
             .sum();
-        let mut active = self.active.lock().map_err(|_| lock_err())?;
+        let mut guard = self.active.lock().map_err(|_| lock_err())?;
+        let active = guard.as_mut().ok_or(Error::Internal("no active pack"))?;
         if active.len > PACK_HEADER_LEN && active.len + total > self.target_size {
             // Seal: everything written to the old pack becomes durable before the next one
             // exists, so only the newest pack can ever have a torn tail.
@@ -540,7 +533,11 @@ impl PackStore for LocalPacks {
     }
 
     fn active(&self) -> u32 {
-        self.active.lock().map(|a| a.id).unwrap_or(0)
+        self.active
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|a| a.id))
+            .unwrap_or(0)
     }
 
     fn remove(&self, pack: u32) -> Result<()> {

@@ -179,7 +179,7 @@ fn read_group(inner: &Inner, file: FileId, entries: &[ManifestEntry]) -> Result<
         let (first, loc) = located
             .get(i)
             .copied()
-            .ok_or_else(|| Error::Index("group index".into()))?;
+            .ok_or(Error::Internal("group index"))?;
         let mut end = loc.offset + RECORD_HEADER_LEN + first.len as u64;
         while let Some((e, l)) = located.get(j) {
             if l.pack != loc.pack || l.offset != end || end - loc.offset > 4 << 20 {
@@ -354,7 +354,7 @@ impl Iterator for FileReader {
                 }
                 Err(_) => {
                     self.failed = true;
-                    return Some(Err(Error::Index("reader thread stopped".into())));
+                    return Some(Err(Error::Internal("reader thread stopped")));
                 }
             }
             self.request();

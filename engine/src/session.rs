@@ -123,31 +123,32 @@ impl Store {
             slot.busy = true;
             slot.hasher.clone()
         };
-        let release = |inner: &Inner| {
-            if let Ok(mut live) = inner.live_sessions.lock()
+        self.open_claimed(id, offset, hasher).inspect_err(|_| {
+            if let Ok(mut live) = self.inner.live_sessions.lock()
                 && let Some(s) = live.get_mut(&id)
             {
                 s.busy = false;
             }
-        };
-        let loaded = match self.inner.index.session(&id) {
-            Ok(Some(v)) => v,
-            Ok(None) => {
-                release(&self.inner);
-                return Err(Error::SessionNotFound(id));
-            }
-            Err(e) => {
-                release(&self.inner);
-                return Err(e);
-            }
-        };
-        let (header, entries) = loaded;
+        })
+    }
+
+    /// The rest of [`Store::session_writer`], once the session is claimed (the caller
+    /// releases the claim if this fails).
+    fn open_claimed(
+        &self,
+        id: SessionId,
+        offset: u64,
+        hasher: Option<(u64, blake3::Hasher)>,
+    ) -> Result<SessionWriter> {
+        let (header, entries) = self
+            .inner
+            .index
+            .session(&id)?
+            .ok_or(Error::SessionNotFound(id))?;
         if header.expires_ms <= now_ms() {
-            release(&self.inner);
             return Err(Error::SessionNotFound(id));
         }
         if header.offset != offset {
-            release(&self.inner);
             return Err(Error::OffsetMismatch {
                 session: id,
                 given: offset,
@@ -159,22 +160,10 @@ impl Store {
             _ if header.offset == 0 => (Some(blake3::Hasher::new()), true),
             _ => (None, false),
         };
-        let guard = match WriterGuard::new(&self.inner) {
-            Ok(g) => g,
-            Err(e) => {
-                release(&self.inner);
-                return Err(e);
-            }
-        };
+        let guard = WriterGuard::new(&self.inner)?;
         let held: HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
         let chunker = Chunker::with_tail(self.inner.params, &header.tail);
-        let pipeline = match Pipeline::new(&self.inner, chunker, hasher, held.clone()) {
-            Ok(p) => p,
-            Err(e) => {
-                release(&self.inner);
-                return Err(e);
-            }
-        };
+        let pipeline = Pipeline::new(&self.inner, chunker, hasher, held.clone())?;
         Ok(SessionWriter {
             inner: self.inner.clone(),
             id,
@@ -260,7 +249,7 @@ impl SessionWriter {
     fn pipeline(&mut self) -> Result<&mut Pipeline> {
         self.pipeline
             .as_mut()
-            .ok_or_else(|| Error::Index("session writer finished".into()))
+            .ok_or(Error::Internal("session writer finished"))
     }
 
     /// Append bytes (not yet acknowledged).
@@ -332,7 +321,7 @@ impl SessionWriter {
         let mut pipeline = self
             .pipeline
             .take()
-            .ok_or_else(|| Error::Index("session writer finished".into()))?;
+            .ok_or(Error::Internal("session writer finished"))?;
         let committed = entries.len();
         let tail = pipeline.chunker.tail().to_vec();
         pipeline.cut_tail()?;

@@ -241,7 +241,7 @@ pub(crate) struct Inner {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     m.lock()
-        .map_err(|_| Error::Index("an engine lock was poisoned by a panic".into()))
+        .map_err(|_| Error::Internal("an engine lock was poisoned by a panic"))
 }
 
 /// A content-addressed, deduplicating, crash-safe chunk store. Cheap to clone; all clones

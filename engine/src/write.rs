@@ -94,7 +94,7 @@ impl Sink {
         self.pending_bytes = 0;
         self.writer
             .send(WMsg::Batch(batch))
-            .map_err(|_| Error::Index("pack writer stopped".into()))
+            .map_err(|_| Error::Internal("pack writer stopped"))
     }
 
     fn flush(&mut self) -> Result<Flushed> {
@@ -102,10 +102,10 @@ impl Sink {
         let (tx, rx) = sync_channel(1);
         self.writer
             .send(WMsg::Flush(tx))
-            .map_err(|_| Error::Index("pack writer stopped".into()))?;
+            .map_err(|_| Error::Internal("pack writer stopped"))?;
         let w = rx
             .recv()
-            .map_err(|_| Error::Index("pack writer stopped".into()))??;
+            .map_err(|_| Error::Internal("pack writer stopped"))??;
         self.out.new_locs.extend(w.new_locs);
         self.out.packs.extend(w.packs);
         self.out.new_bytes += w.new_bytes;
@@ -265,17 +265,17 @@ impl Pipeline {
     fn sender(&self) -> Result<&SyncSender<Msg>> {
         self.tx
             .as_ref()
-            .ok_or_else(|| Error::Index("ingest worker already finished".into()))
+            .ok_or(Error::Internal("ingest worker already finished"))
     }
 
     pub(crate) fn write_bytes(&mut self, data: Bytes) -> Result<()> {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+            .ok_or(Error::Internal("ingest worker already finished"))?;
         self.chunker.push_bytes(data, &mut |c| {
             tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Index("ingest worker stopped".into()))
+                .map_err(|_| Error::Internal("ingest worker stopped"))
         })
     }
 
@@ -283,10 +283,10 @@ impl Pipeline {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+            .ok_or(Error::Internal("ingest worker already finished"))?;
         self.chunker.push(data, &mut |c| {
             tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Index("ingest worker stopped".into()))
+                .map_err(|_| Error::Internal("ingest worker stopped"))
         })
     }
 
@@ -295,10 +295,10 @@ impl Pipeline {
         let tx = self
             .tx
             .as_ref()
-            .ok_or_else(|| Error::Index("ingest worker already finished".into()))?;
+            .ok_or(Error::Internal("ingest worker already finished"))?;
         self.chunker.finish(&mut |c| {
             tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Index("ingest worker stopped".into()))
+                .map_err(|_| Error::Internal("ingest worker stopped"))
         })
     }
 
@@ -306,19 +306,19 @@ impl Pipeline {
         let (rtx, rrx) = sync_channel(1);
         self.sender()?
             .send(Msg::Flush(rtx))
-            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+            .map_err(|_| Error::Internal("ingest worker stopped"))?;
         rrx.recv()
-            .map_err(|_| Error::Index("ingest worker stopped".into()))?
+            .map_err(|_| Error::Internal("ingest worker stopped"))?
     }
 
     pub(crate) fn finish(&mut self) -> Result<(Flushed, Option<blake3::Hasher>)> {
         let (rtx, rrx) = sync_channel(1);
         self.sender()?
             .send(Msg::Finish(rtx))
-            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+            .map_err(|_| Error::Internal("ingest worker stopped"))?;
         let r = rrx
             .recv()
-            .map_err(|_| Error::Index("ingest worker stopped".into()))?;
+            .map_err(|_| Error::Internal("ingest worker stopped"))?;
         self.shutdown();
         r
     }
@@ -392,7 +392,7 @@ impl FileWriter {
         self.absorb(f);
         let hash = hasher
             .map(|h| *h.finalize().as_bytes())
-            .ok_or_else(|| Error::Index("file hasher missing".into()))?;
+            .ok_or(Error::Internal("file hasher missing"))?;
         let id = FileId::generate();
         let meta = FileMeta {
             size: self.size,

@@ -9,15 +9,12 @@ use std::path::Path;
 
 use fms_engine::{FileId, Store};
 use rand::rngs::SmallRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 type KeyValue = (Box<[u8]>, Box<[u8]>);
 
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
+mod common;
+use common::random;
 
 /// Read every file: each read is either exact or an error. Returns the files that failed.
 fn read_everything(store: &Store, files: &HashMap<FileId, Vec<u8>>) -> HashSet<FileId> {

@@ -16,18 +16,8 @@ use fms_engine::{Error, FileId, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-fn random(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
-    v
-}
-
-fn read_all(store: &Store, id: FileId) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    let size = store.stat_file(id)?.size;
-    store.read_to(id, 0, size, &mut out)?;
-    Ok(out)
-}
+mod common;
+use common::{random, try_read_all as read_all};
 
 /// Std I/O that can be told to fail, and that remembers which written ranges are not yet
 /// synced so a test can throw them away as a power loss would.

@@ -2,61 +2,12 @@
 //! skipped, loudly, only where the kernel forbids it; set FMS_REQUIRE_URING=1 to fail instead).
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use fms_engine::{ChunkParams, Error, FileId, IoMode, Store};
+use fms_engine::{ChunkParams, Error, FileId, Store};
 use rand::rngs::SmallRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
-mod common {
-    use super::*;
-
-    pub fn modes() -> Vec<IoMode> {
-        let mut v = vec![IoMode::Std];
-        match fms_engine::io::open_backend(IoMode::Uring) {
-            Ok(_) => v.push(IoMode::Uring),
-            Err(e) if std::env::var_os("FMS_REQUIRE_URING").is_some() => {
-                panic!("io_uring unavailable: {e}")
-            }
-            Err(e) => eprintln!("io_uring unavailable here ({e}); testing std I/O only"),
-        }
-        v
-    }
-
-    pub fn open(dir: &Path, mode: IoMode) -> Store {
-        Store::builder(dir).io_mode(mode).open().unwrap()
-    }
-
-    pub fn random(seed: u64, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
-        v
-    }
-
-    pub fn read_all(store: &Store, id: FileId) -> Vec<u8> {
-        let mut out = Vec::new();
-        let size = store.stat_file(id).unwrap().size;
-        store.read_to(id, 0, size, &mut out).unwrap();
-        out
-    }
-
-    pub fn read_range(store: &Store, id: FileId, a: u64, b: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        store.read_to(id, a, b, &mut out).unwrap();
-        out
-    }
-
-    /// Packs in a store, oldest first.
-    pub fn packs(dir: &Path) -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(dir.join("packs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "pack"))
-            .collect();
-        v.sort();
-        v
-    }
-}
+mod common;
 
 use common::*;
 
