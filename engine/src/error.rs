@@ -71,6 +71,9 @@ pub enum Error {
     /// The directory is not an fms store, or its format is unknown.
     #[error("not an fms store (or unsupported format) at {path}: {reason}")]
     BadStore { path: PathBuf, reason: String },
+    /// Another process (or another open `Store`) is using this store.
+    #[error("store at {0} is in use by another process")]
+    InUse(PathBuf),
     /// A durability step failed earlier; the store refuses further writes until reopened.
     #[error("store is poisoned after a failed sync; reopen it (writes are refused): {0}")]
     Poisoned(String),
@@ -97,7 +100,11 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::Io { .. } | Error::Index(_) | Error::SessionBusy(_) | Error::NoSpace
+            Error::Io { .. }
+                | Error::Index(_)
+                | Error::SessionBusy(_)
+                | Error::NoSpace
+                | Error::InUse(_)
         )
     }
 

@@ -273,7 +273,15 @@ impl Index {
             }
             ColumnFamilyDescriptor::new(n, o)
         });
-        let db = DB::open_cf_descriptors(&opts, path, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| {
+            let text = e.into_string();
+            if text.contains("lock") || text.contains("LOCK") {
+                // RocksDB's LOCK file: another process (or another Store in this one) has it.
+                Error::InUse(path.parent().unwrap_or(path).to_path_buf())
+            } else {
+                Error::Index(text)
+            }
+        })?;
         Ok(Index { db })
     }
 

@@ -135,6 +135,16 @@ fn duplicate_data_is_stored_once_and_shifted_data_mostly_reused() {
 }
 
 #[test]
+fn a_store_in_use_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::InUse(_)), "{err}");
+    drop(store);
+    Store::open(dir.path()).unwrap();
+}
+
+#[test]
 fn opening_with_other_chunk_params_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let small = ChunkParams {
