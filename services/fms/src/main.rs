@@ -20,6 +20,9 @@ struct Cli {
     /// Where the store lives. Default: $XDG_DATA_HOME/fms or ~/.local/share/fms.
     #[arg(long, env = "FMS_DATA_DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// Configuration file (TOML); `FMS_*` environment variables override it.
+    #[arg(long, env = "FMS_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Disk I/O back end: auto (io_uring when the kernel allows it), uring, std.
     #[arg(long, env = "FMS_IO", default_value = "auto", global = true)]
     io: IoMode,
@@ -59,11 +62,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
     /// Maintenance.
     Admin {
         #[command(subcommand)]
         command: Admin,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration (defaults, file, environment) as TOML.
+    Print,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,7 +139,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FMS_LOG")
+            tracing_subscriber::EnvFilter::try_from_env("FMS_LOG__LEVEL")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
@@ -137,16 +151,6 @@ fn main() -> ExitCode {
             }
             ExitCode::from(f.code)
         }
-    }
-}
-
-fn default_data_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(d).join("fms");
-    }
-    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
-        Some(h) => PathBuf::from(h).join(".local/share/fms"),
-        None => PathBuf::from(".fms-data"),
     }
 }
 
@@ -188,7 +192,22 @@ fn progress(len: Option<u64>, what: &str) -> Option<ProgressBar> {
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
-    let dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    if let Command::Config {
+        command: ConfigCmd::Print,
+    } = cli.command
+    {
+        let mut config = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
+            .map_err(|e| fail(2, e.to_string()))?;
+        if let Some(d) = cli.data_dir {
+            config.data_dir = d;
+        }
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    let dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(fms_platform::config::default_data_dir);
     if let Command::Admin {
         command: Admin::Reindex { json },
     } = cli.command
@@ -359,6 +378,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Admin::Reindex { .. } => {}
         },
+        Command::Config { .. } => {}
     }
     Ok(())
 }

@@ -139,3 +139,36 @@ fn verify_fails_and_names_the_file_after_a_flipped_byte() {
     assert_eq!(get.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&get.stderr).contains("corrupt data in file"));
 }
+
+#[test]
+fn config_print_shows_the_effective_configuration_and_names_bad_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("fms.toml");
+    std::fs::write(&file, "[log]\nformat = \"json\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fms"))
+        .args(["config", "print", "--config", file.to_str().unwrap()])
+        .env("FMS_LISTEN", "127.0.0.1:7777")
+        .env("FMS_DATA_DIR", tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:7777\""), "{text}");
+    assert!(text.contains("format = \"json\""), "{text}");
+    assert!(text.contains(tmp.path().to_str().unwrap()), "{text}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_fms"))
+        .args(["config", "print"])
+        .env("FMS_SHUTDOWN__GRACE", "forever")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("shutdown.grace") && err.contains("FMS_SHUTDOWN__GRACE"),
+        "{err}"
+    );
+}
