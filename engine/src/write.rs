@@ -273,10 +273,7 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.push_bytes(data, &mut |c| {
-            tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Internal("ingest worker stopped"))
-        })
+        self.chunker.push_bytes(data, &mut forward(tx))
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
@@ -284,10 +281,7 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.push(data, &mut |c| {
-            tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Internal("ingest worker stopped"))
-        })
+        self.chunker.push(data, &mut forward(tx))
     }
 
     /// Cut the tail too (end of the stream).
@@ -296,10 +290,7 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.finish(&mut |c| {
-            tx.send(Msg::Chunk(c))
-                .map_err(|_| Error::Internal("ingest worker stopped"))
-        })
+        self.chunker.finish(&mut forward(tx))
     }
 
     pub(crate) fn flush(&mut self) -> Result<Flushed> {
@@ -328,6 +319,14 @@ impl Pipeline {
         if let Some(w) = self.worker.take() {
             let _ = w.join();
         }
+    }
+}
+
+/// Hand each cut chunk to the hasher stage (blocking while its queue is full).
+fn forward(tx: &SyncSender<Msg>) -> impl FnMut(Bytes) -> Result<()> + '_ {
+    |c| {
+        tx.send(Msg::Chunk(c))
+            .map_err(|_| Error::Internal("ingest worker stopped"))
     }
 }
 
