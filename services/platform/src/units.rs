@@ -6,6 +6,11 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// `"64MiB"` -> (`"64"`, `"MiB"`): the leading digits and the rest.
+fn split_number(s: &str) -> (&str, &str) {
+    s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()))
+}
+
 /// A duration written with a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Duration(pub std::time::Duration);
@@ -14,8 +19,7 @@ impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
+        let (num, unit) = split_number(s);
         let n: u64 = num.parse().map_err(|_| {
             format!("{s:?} is not a duration (like \"30s\", \"250ms\", \"2m\", \"1h\")")
         })?;
@@ -51,8 +55,7 @@ impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
+        let (num, unit) = split_number(s);
         let n: u64 = num
             .parse()
             .map_err(|_| format!("{s:?} is not a size (like \"64MiB\", \"1GiB\", \"4096\")"))?;

@@ -29,6 +29,17 @@ fn read_all(store: &Store, id: FileId) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// A numeric test knob from the environment; a value that does not parse is an error, not
+/// a silent fall-back to the default.
+fn knob(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
 #[derive(Default)]
 struct Oracle {
     acked: HashMap<FileId, ([u8; 32], u64)>,
@@ -176,22 +187,11 @@ fn run_child(
 
 #[test]
 fn random_sigkill_during_ingest() {
-    let iters: u64 = std::env::var("FMS_CRASH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
-    let threads = std::env::var("FMS_CRASH_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(8u64);
+    let iters: u64 = knob("FMS_CRASH_ITERS", 50);
+    let threads = knob("FMS_CRASH_THREADS", 8);
     let dir = tempfile::tempdir().unwrap();
     let mut oracle = Oracle::default();
-    let mut rng = SmallRng::seed_from_u64(
-        std::env::var("FMS_CRASH_SEED")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(7),
-    );
+    let mut rng = SmallRng::seed_from_u64(knob("FMS_CRASH_SEED", 7));
     let mut worst_reopen = Duration::ZERO;
     let mut acked_total = 0usize;
     for i in 0..iters {
@@ -231,10 +231,7 @@ fn random_sigkill_during_ingest() {
 /// A 2 GiB streamed ingest keeps the process under 256 MiB of RSS.
 #[test]
 fn streamed_ingest_memory_is_bounded() {
-    let bytes: u64 = std::env::var("FMS_MEM_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2 << 30);
+    let bytes: u64 = knob("FMS_MEM_BYTES", 2 << 30);
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_fms-torture"))
         .args(["mem", dir.path().to_str().unwrap(), &bytes.to_string()])
@@ -264,10 +261,7 @@ fn streamed_ingest_memory_is_bounded() {
 /// after each, and the next GC passes reclaim what an interrupted compaction left behind.
 #[test]
 fn named_kill_points() {
-    let rounds: u64 = std::env::var("FMS_KILLPOINT_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2);
+    let rounds: u64 = knob("FMS_KILLPOINT_ROUNDS", 2);
     let dir = tempfile::tempdir().unwrap();
     let mut oracle = Oracle::default();
     let mut rng = SmallRng::seed_from_u64(11);
