@@ -2,24 +2,30 @@
 # and points cargo at a build cache outside the clone.
 # shellcheck shell=bash
 
+# Install Debian packages when root, else print the exact command and stop.
+fms_apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing $*" >&2
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+    else
+        echo "setup: missing system packages; run:" >&2
+        echo "  sudo apt-get install -y $*" >&2
+        exit 1
+    fi
+}
+
 fms_need_packages() {
     local missing=()
     # bindgen (librocksdb-sys) loads libclang at build time; RocksDB itself is C++.
-    if ! compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && ! compgen -G '/usr/lib/*/libclang*.so*' >/dev/null; then
+    # (libclang-cpp.so is a different library and does not count.)
+    if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null && ! compgen -G '/usr/lib/*/libclang-[0-9]*.so*' >/dev/null; then
         missing+=(libclang-dev)
     fi
     command -v c++ >/dev/null || missing+=(g++)
     command -v make >/dev/null || missing+=(make)
     if [ "${#missing[@]}" -gt 0 ]; then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            echo "setup: installing ${missing[*]}" >&2
-            DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
-        else
-            echo "setup: missing system packages; run:" >&2
-            echo "  sudo apt-get install -y ${missing[*]}" >&2
-            exit 1
-        fi
+        fms_apt_install "${missing[@]}"
     fi
     if ! command -v cargo >/dev/null; then
         echo "setup: cargo not found; install Rust from https://rustup.rs" >&2

@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 mod range;
+mod server;
 
 /// fms — a content-addressed file store.
 #[derive(Debug, Parser)]
@@ -62,6 +63,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run every service in this process on the embedded defaults (no external server):
+    /// HTTP on --listen (127.0.0.1:8080), gRPC on --grpc-listen (127.0.0.1:9090).
+    Serve {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
+    /// Run the auth service alone (REST /auth/*, /.well-known/jwks.json).
+    Auth {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -72,6 +84,17 @@ enum Command {
         #[command(subcommand)]
         command: Admin,
     },
+}
+
+/// Addresses of a server process (override the configuration's `listen`, `grpc_listen`).
+#[derive(Debug, clap::Args)]
+struct ListenArgs {
+    /// HTTP address, e.g. 127.0.0.1:8080 (config `listen`, env FMS_LISTEN).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// gRPC address, e.g. 127.0.0.1:9090 (config `grpc_listen`, env FMS_GRPC_LISTEN).
+    #[arg(long)]
+    grpc_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +159,33 @@ fn io_fail(what: &str, e: io::Error) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve { listen } | Command::Auth { listen } = &cli.command {
+        let role = match cli.command {
+            Command::Serve { .. } => server::Role::All,
+            _ => server::Role::Auth,
+        };
+        let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
+            .map_err(|e| (2, e.to_string()))
+            .and_then(|mut config| {
+                if let Some(d) = &cli.data_dir {
+                    config.data_dir = d.clone();
+                }
+                if let Some(a) = listen.listen {
+                    config.listen = a;
+                }
+                if let Some(a) = listen.grpc_listen {
+                    config.grpc_listen = a;
+                }
+                server::run(config, role).map_err(|e| (1, e))
+            });
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, message)) => {
+                eprintln!("fms: error: {message}");
+                ExitCode::from(code)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_env_filter(
@@ -378,7 +428,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Admin::Reindex { .. } => {}
         },
-        Command::Config { .. } => {}
+        Command::Config { .. } | Command::Serve { .. } | Command::Auth { .. } => {}
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::units::Duration;
+use crate::units::{ByteSize, Duration};
 
 /// Settings shared by every fms process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,12 @@ pub struct Config {
     pub log: LogConfig,
     /// Shutting down on SIGTERM / SIGINT.
     pub shutdown: ShutdownConfig,
+    /// The relational database (users, file metadata, grants).
+    pub database: DatabaseConfig,
+    /// Redis (revocations, rate limits, caches, event fan-out). Empty URL: in-process.
+    pub redis: RedisConfig,
+    /// The auth service, and how every service verifies tokens.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -38,6 +44,135 @@ impl Default for Config {
             data_dir: default_data_dir(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+/// Database settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host:port/db`, or empty for the embedded database file
+    /// (`<data_dir>/fms.db`, SQLite).
+    pub url: String,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: String::new(),
+            max_connections: 16,
+        }
+    }
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`, or empty to keep revocations, rate limits and caches in the
+    /// process (only right when one process serves everything, as `fms serve` does).
+    pub url: String,
+}
+
+/// Auth settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `iss` of access tokens.
+    pub issuer: String,
+    /// `aud` of access tokens.
+    pub audience: String,
+    /// Lifetime of access tokens.
+    pub access_ttl: Duration,
+    /// Lifetime of a refresh-token family (rotation does not extend it).
+    pub refresh_ttl: Duration,
+    /// Start signing with a new key this often (0s: never). Old keys stay published until
+    /// every token they signed has expired.
+    pub key_rotation: Duration,
+    /// Where services in other processes fetch the JWKS
+    /// (`http://auth:8080/.well-known/jwks.json`); empty when auth runs in this process.
+    pub jwks_url: String,
+    /// Largest JSON body accepted by the auth endpoints.
+    pub max_body: ByteSize,
+    /// Trust this many `X-Forwarded-For` hops for the client address (0: the socket peer).
+    pub trusted_proxy_hops: u32,
+    /// Password hashing.
+    pub argon2: Argon2Config,
+    /// Login throttling.
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            issuer: "fms".into(),
+            audience: "fms".into(),
+            access_ttl: Duration(std::time::Duration::from_secs(15 * 60)),
+            refresh_ttl: Duration(std::time::Duration::from_secs(30 * 86400)),
+            key_rotation: Duration(std::time::Duration::from_secs(7 * 86400)),
+            jwks_url: String::new(),
+            max_body: ByteSize(16 * 1024),
+            trusted_proxy_hops: 0,
+            argon2: Argon2Config::default(),
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+/// argon2id parameters (defaults: OWASP's m = 19 MiB, t = 2, p = 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Config {
+    /// Memory per hash in KiB (at least 19456).
+    pub memory_kib: u32,
+    /// Passes (at least 2).
+    pub iterations: u32,
+    /// Lanes (at least 1).
+    pub parallelism: u32,
+    /// Hashes computed at once; the rest wait. Bounds memory under login storms
+    /// (0: one per CPU).
+    pub max_concurrent: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Argon2Config {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            max_concurrent: 0,
+        }
+    }
+}
+
+/// Login throttling: failed attempts counted in a sliding window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Window over which failures count.
+    pub window: Duration,
+    /// Failures allowed for one account from one client address.
+    pub per_account_address: u32,
+    /// Failures allowed for one account from all addresses together; beyond it, only
+    /// addresses that have not failed for the account may still try (the real user gets in).
+    pub per_account: u32,
+    /// Failures allowed from one client address across all accounts.
+    pub per_address: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            window: Duration(std::time::Duration::from_secs(15 * 60)),
+            per_account_address: 5,
+            per_account: 50,
+            per_address: 100,
         }
     }
 }
@@ -206,6 +341,108 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", e.to_string()));
+        }
+        let url = &self.database.url;
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(invalid(
+                "database.url",
+                "must be a postgres:// URL, or empty for the embedded database".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid(
+                "database.max_connections",
+                "must be at least 1".into(),
+            ));
+        }
+        let url = &self.redis.url;
+        if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("unix://") {
+            return Err(invalid(
+                "redis.url",
+                "must be a redis:// URL, or empty for in-process state".into(),
+            ));
+        }
+        let a = &self.auth;
+        if a.issuer.is_empty() {
+            return Err(invalid("auth.issuer", "must not be empty".into()));
+        }
+        if a.audience.is_empty() {
+            return Err(invalid("auth.audience", "must not be empty".into()));
+        }
+        let ttl = a.access_ttl.0.as_secs();
+        if !(60..=86400).contains(&ttl) {
+            return Err(invalid(
+                "auth.access_ttl",
+                "must be between 1m and 24h".into(),
+            ));
+        }
+        if a.refresh_ttl.0 < a.access_ttl.0 {
+            return Err(invalid(
+                "auth.refresh_ttl",
+                "must be at least auth.access_ttl".into(),
+            ));
+        }
+        if !a.key_rotation.0.is_zero() && a.key_rotation.0 < a.access_ttl.0 {
+            return Err(invalid(
+                "auth.key_rotation",
+                "must be 0s (never) or at least auth.access_ttl".into(),
+            ));
+        }
+        if !a.jwks_url.is_empty()
+            && !a.jwks_url.starts_with("http://")
+            && !a.jwks_url.starts_with("https://")
+        {
+            return Err(invalid(
+                "auth.jwks_url",
+                "must be an http(s) URL or empty".into(),
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&a.max_body.0) {
+            return Err(invalid(
+                "auth.max_body",
+                "must be between 1KiB and 1MiB".into(),
+            ));
+        }
+        let g = &a.argon2;
+        if g.memory_kib < 19 * 1024 || g.memory_kib > 1024 * 1024 {
+            return Err(invalid(
+                "auth.argon2.memory_kib",
+                "must be between 19456 (OWASP minimum) and 1048576".into(),
+            ));
+        }
+        if !(2..=32).contains(&g.iterations) {
+            return Err(invalid(
+                "auth.argon2.iterations",
+                "must be between 2 and 32".into(),
+            ));
+        }
+        if !(1..=16).contains(&g.parallelism) {
+            return Err(invalid(
+                "auth.argon2.parallelism",
+                "must be between 1 and 16".into(),
+            ));
+        }
+        if g.max_concurrent > 1024 {
+            return Err(invalid(
+                "auth.argon2.max_concurrent",
+                "must be at most 1024".into(),
+            ));
+        }
+        let r = &a.rate_limit;
+        if r.window.0.as_secs() == 0 {
+            return Err(invalid(
+                "auth.rate_limit.window",
+                "must be at least 1s".into(),
+            ));
+        }
+        for (key, v) in [
+            ("auth.rate_limit.per_account_address", r.per_account_address),
+            ("auth.rate_limit.per_account", r.per_account),
+            ("auth.rate_limit.per_address", r.per_address),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
         }
         Ok(())
     }

@@ -121,3 +121,77 @@ impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
         Json(self.0).into_response()
     }
 }
+
+impl ApiError {
+    /// The gRPC form of this error: the status code that fits the HTTP status, and
+    /// `google.rpc` details: `ErrorInfo { reason: CODE, domain }` (see
+    /// `proto/fms/common/v1/errors.proto`) and `RetryInfo` when the client should retry.
+    pub fn to_grpc(&self, domain: &str) -> tonic::Status {
+        use tonic::Code;
+        use tonic_types::{ErrorDetails, StatusExt};
+        let code = match self.status.as_u16() {
+            400 | 415 | 422 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 | 410 => Code::NotFound,
+            409 => Code::AlreadyExists,
+            412 => Code::FailedPrecondition,
+            413 | 429 => Code::ResourceExhausted,
+            416 => Code::OutOfRange,
+            499 => Code::Cancelled,
+            503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            501 => Code::Unimplemented,
+            _ => Code::Internal,
+        };
+        let mut details = ErrorDetails::with_error_info(
+            self.code.to_ascii_uppercase(),
+            domain,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        if let Some(secs) = self.retry_after {
+            details.set_retry_info(Some(std::time::Duration::from_secs(secs)));
+        }
+        tonic::Status::with_error_details(code, self.message.clone(), details)
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(e: ApiError) -> Self {
+        e.to_grpc("fms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn one_mapping_for_http_and_grpc() {
+        let e = ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file");
+        let s = e.to_grpc("fms.picker");
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        assert_eq!(s.message(), "no such file");
+        let info = s.get_error_details().error_info().cloned().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("NOT_FOUND", "fms.picker")
+        );
+        let busy = ApiError::unavailable("busy", 3).to_grpc("fms.auth");
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        let retry = busy.get_error_details().retry_info().cloned().unwrap();
+        assert_eq!(retry.retry_delay, Some(std::time::Duration::from_secs(3)));
+        for (status, code) in [
+            (400, tonic::Code::InvalidArgument),
+            (401, tonic::Code::Unauthenticated),
+            (409, tonic::Code::AlreadyExists),
+            (413, tonic::Code::ResourceExhausted),
+            (429, tonic::Code::ResourceExhausted),
+            (500, tonic::Code::Internal),
+        ] {
+            let e = ApiError::new(StatusCode::from_u16(status).unwrap(), "x", "m");
+            assert_eq!(tonic::Status::from(e).code(), code, "{status}");
+        }
+    }
+}

@@ -168,7 +168,11 @@ fn content_length(h: &axum::http::HeaderMap) -> Option<u64> {
 
 /// The trace id of a request: from a W3C `traceparent`, else a sane `x-request-id`, else new.
 fn trace_id(req: &Request) -> String {
-    let h = req.headers();
+    trace_id_of(req.headers())
+}
+
+/// The trace id carried by headers (or gRPC metadata), else a new one.
+pub fn trace_id_of(h: &axum::http::HeaderMap) -> String {
     if let Some(tp) = h.get("traceparent").and_then(|v| v.to_str().ok()) {
         let parts: Vec<&str> = tp.split('-').collect();
         if let [_, id, _, _] = parts.as_slice()
@@ -213,8 +217,11 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;

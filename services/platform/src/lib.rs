@@ -9,7 +9,9 @@
 //! It holds no service logic: services build their routes and hand them to [`http::app`].
 
 pub mod config;
+pub mod db;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;

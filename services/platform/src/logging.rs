@@ -139,7 +139,8 @@ pub fn rfc3339_now() -> String {
     rfc3339(d.as_secs() as i64, d.subsec_millis())
 }
 
-fn rfc3339(secs: i64, millis: u32) -> String {
+/// `secs` since the epoch as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).

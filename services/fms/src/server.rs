@@ -1,0 +1,116 @@
+//! `fms serve` (every service in one process, embedded defaults) and `fms <service>` (one
+//! service alone, configured to find the others by address).
+
+use std::sync::Arc;
+
+use fms_auth::shared::Shared;
+use fms_platform::Config;
+use fms_platform::db::Db;
+use fms_platform::grpc::{self, GrpcServices};
+use fms_platform::http::{self, Check, Service};
+use tokio_util::sync::CancellationToken;
+
+/// Which services this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything: `fms serve`.
+    All,
+    /// The auth service alone: `fms auth`.
+    Auth,
+}
+
+fn check<F, Fut>(f: F) -> Check
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    Arc::new(move || Box::pin(f()))
+}
+
+/// Run until SIGTERM / SIGINT.
+pub fn run(cfg: Config, role: Role) -> Result<(), String> {
+    let service_name: &'static str = match role {
+        Role::All => "fms",
+        Role::Auth => "fms-auth",
+    };
+    fms_platform::logging::init(service_name, &cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    rt.block_on(serve(cfg, role, service_name))
+}
+
+async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String> {
+    let stop = http::shutdown_on_signals();
+    let db = Db::connect(&cfg.database, &cfg.data_dir)
+        .await
+        .map_err(|e| e.to_string())?;
+    let shared = Shared::from_url(&cfg.redis.url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
+    let checks = {
+        let db = db.clone();
+        let shared = shared.clone();
+        vec![
+            (
+                "database",
+                check(move || {
+                    let db = db.clone();
+                    async move { db.ping().await }
+                }),
+            ),
+            (
+                "shared_state",
+                check(move || {
+                    let s = shared.clone();
+                    async move { s.ping().await }
+                }),
+            ),
+        ]
+    };
+    let routes = fms_auth::api::routes(auth);
+    let app = http::app(Service { name, checks }, routes);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
+    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let grace = cfg.shutdown.grace.0;
+    let http_task = tokio::spawn(http::serve(listener, app, stop.clone(), grace));
+    let grpc_task = if role == Role::All {
+        let (routes, health) = grpc::routes(GrpcServices::new()).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.grpc_listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(grpc.address = %addr, "gRPC listening");
+        eprintln!("fms: gRPC on {addr}");
+        Some(tokio::spawn(grpc::serve(
+            listener,
+            routes,
+            health,
+            name,
+            stop.clone(),
+            grace,
+        )))
+    } else {
+        None
+    };
+    tracing::info!(http.address = %http_addr, data_dir = %cfg.data_dir.display(), "HTTP listening");
+    eprintln!(
+        "fms: HTTP on http://{http_addr} (data in {})",
+        cfg.data_dir.display()
+    );
+    let http_result = http_task.await.map_err(|e| e.to_string())?;
+    if let Some(t) = grpc_task {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    stop_background(&stop);
+    db.pool.close().await;
+    http_result.map_err(|e| e.to_string())
+}
+
+fn stop_background(stop: &CancellationToken) {
+    stop.cancel();
+}

@@ -1,0 +1,374 @@
+//! The `fms` binary as users and operators run it: `fms serve` (everything in one process,
+//! no external server) and `fms auth` replicas on PostgreSQL + Redis.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Proc {
+    child: Child,
+    http: String,
+    grpc: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `fms <args>` with a fresh data dir and `env`; wait until it prints its addresses.
+fn spawn(args: &[&str], env: &[(&str, String)], want_grpc: bool) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fms"));
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .env("FMS_LOG__FORMAT", "json")
+        .env_remove("FMS_DATABASE__URL")
+        .env_remove("FMS_REDIS__URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (mut http, mut grpc) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.is_none() || (want_grpc && grpc.is_none()) {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("fms {args:?} did not start"));
+        if let Some(rest) = line.strip_prefix("fms: HTTP on ") {
+            http = Some(rest.split_whitespace().next().unwrap().to_string());
+        }
+        if let Some(rest) = line.strip_prefix("fms: gRPC on ") {
+            grpc = Some(format!("http://{}", rest.trim()));
+        }
+    }
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Proc {
+        child,
+        http: http.unwrap(),
+        grpc,
+        _dir: dir,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+fn username() -> String {
+    format!("u-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+async fn login_session(c: &reqwest::Client, url: &str, user: &str) -> Value {
+    let body = json!({"username": user, "password": "correct horse battery staple"});
+    let r = c
+        .post(format!("{url}/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .post(format!("{url}/auth/login"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn me_status(c: &reqwest::Client, url: &str, token: &str) -> u16 {
+    c.get(format!("{url}/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fms_serve_runs_the_system_with_no_external_server() {
+    let mut p = spawn(&["serve"], &[], true);
+    let c = client();
+    let url = p.http.clone();
+    let t = login_session(&c, &url, &username()).await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(me_status(&c, &url, token).await, 200);
+    let r = c
+        .post(format!("{url}/auth/logout"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        me_status(&c, &url, token).await,
+        401,
+        "refused after logout"
+    );
+    // Operations endpoints.
+    let r = c.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ready: Value = r.json().await.unwrap();
+    assert_eq!(ready["checks"]["database"], "ok");
+    assert_eq!(
+        c.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = c
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "auth_logins_total",
+        "auth_token_verifications_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+    // gRPC: the standard health service and reflection answer.
+    let grpc = p.grpc.clone().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let unknown = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut refl = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream_once(req))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        "{names:?}"
+    );
+    // SIGTERM: a clean exit within the grace period.
+    let pid = p.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let start = Instant::now();
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::IntoStreamingRequest<Message = T> {
+    futures_once(item)
+}
+
+fn futures_once<T: Send + 'static>(
+    item: T,
+) -> impl futures_core_stream::Stream<Item = T> + Send + 'static {
+    futures_core_stream::once(item)
+}
+
+/// A one-item stream without pulling in another crate.
+mod futures_core_stream {
+    pub use tokio_stream::{Stream, once};
+}
+
+fn env_url(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with ./test"))
+}
+
+async fn fresh_postgres() -> String {
+    let admin = env_url("FMS_TEST_POSTGRES_URL");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_replicas_share_users_keys_and_revocations() {
+    let env = [
+        ("FMS_DATABASE__URL", fresh_postgres().await),
+        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+    ];
+    let a = spawn(&["auth"], &env, false);
+    let b = spawn(&["auth"], &env, false);
+    let c = client();
+    // Registered through A, logged in through B, verified by both.
+    let user = username();
+    let body = json!({"username": user, "password": "correct horse battery staple"});
+    assert_eq!(
+        c.post(format!("{}/auth/register", a.http))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let r = c
+        .post(format!("{}/auth/login", b.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    let token = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(me_status(&c, &a.http, &token).await, 200);
+    assert_eq!(me_status(&c, &b.http, &token).await, 200);
+    // A third process's view: the verification library with A's JWKS and the shared Redis.
+    let shared = fms_auth::shared::Shared::redis(&env[1].1).await.unwrap();
+    let expect = fms_auth::tokens::Expect {
+        issuer: "fms".into(),
+        audience: "fms".into(),
+    };
+    let verifier = fms_auth::verify::Authenticator::remote(
+        expect,
+        &format!("{}/.well-known/jwks.json", a.http),
+        shared,
+    )
+    .await
+    .unwrap();
+    assert!(verifier.authenticate_token(&token).await.is_ok());
+    // Logout through A: refused by B and by the library within 1 s.
+    let r = c
+        .post(format!("{}/auth/logout", a.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let start = Instant::now();
+    loop {
+        let b_refuses = me_status(&c, &b.http, &token).await == 401;
+        let lib_refuses = verifier.authenticate_token(&token).await.is_err();
+        if b_refuses && lib_refuses {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revocation not seen within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "revocation seen by the other replica and the library after {:?}",
+        start.elapsed()
+    );
+    // A flood of tokens naming random kids costs at most one JWKS fetch per second.
+    let before = verifier.fetches();
+    let parts: Vec<&str> = token.split('.').collect();
+    let flood_start = Instant::now();
+    let mut i = 0u64;
+    while flood_start.elapsed() < Duration::from_secs(3) {
+        i += 1;
+        let header = json!({"alg": "EdDSA", "kid": format!("random-{i}")});
+        let h = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            header.to_string(),
+        );
+        let forged = format!("{h}.{}.{}", parts[1], parts[2]);
+        assert!(verifier.authenticate_token(&forged).await.is_err());
+    }
+    let fetched = verifier.fetches() - before;
+    let secs = flood_start.elapsed().as_secs_f64();
+    println!("{i} random-kid tokens in {secs:.2}s caused {fetched} JWKS fetches");
+    assert!(i > 1000);
+    assert!(fetched >= 1, "an unknown kid does trigger a refetch");
+    assert!(
+        fetched as f64 <= secs + 1.0,
+        "{fetched} fetches in {secs:.2}s"
+    );
+    // The real token of a live session still verifies after the flood.
+    let t2 = login_session(&c, &b.http, &username()).await;
+    assert!(
+        verifier
+            .authenticate_token(t2["access_token"].as_str().unwrap())
+            .await
+            .is_ok()
+    );
+}

@@ -1,0 +1,194 @@
+//! The shared gRPC server: every fms gRPC server answers the standard health protocol
+//! (`grpc.health.v1.Health`) and server reflection (v1 and v1alpha, so `buf curl`,
+//! `grpcurl` and probes work without the .proto files), carries request ids from
+//! `traceparent` / `x-request-id` metadata into its logs, counts calls in Prometheus, and
+//! drains in-flight calls on shutdown.
+
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// What a service adds to the gRPC server.
+#[derive(Debug, Default)]
+pub struct GrpcServices {
+    routes: Option<tonic::service::RoutesBuilder>,
+    names: Vec<&'static str>,
+}
+
+impl GrpcServices {
+    pub fn new() -> Self {
+        GrpcServices {
+            routes: Some(tonic::service::RoutesBuilder::default()),
+            names: Vec::new(),
+        }
+    }
+
+    /// Add a tonic service; it is reported SERVING by the health service while up.
+    pub fn with<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<axum::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        if let Some(r) = self.routes.as_mut() {
+            r.add_service(svc);
+        }
+        self.names.push(S::NAME);
+        self
+    }
+}
+
+/// A running health reporter: flip services to NOT_SERVING before shutting down.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    names: Vec<&'static str>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Health {
+    /// Set every service (and the server as a whole, `""`) to `status`.
+    pub async fn set_all(&self, status: ServingStatus) {
+        self.reporter.set_service_status("", status).await;
+        for n in &self.names {
+            self.reporter.set_service_status(*n, status).await;
+        }
+    }
+}
+
+/// Build the routes: `services` plus health and reflection.
+pub async fn routes(mut services: GrpcServices) -> Result<(Routes, Health), String> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fms_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fms_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| format!("reflection: {e}"))?;
+    let mut builder = services.routes.take().unwrap_or_default();
+    builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let health = Health {
+        reporter,
+        names: services.names,
+    };
+    health.set_all(ServingStatus::Serving).await;
+    Ok((builder.routes(), health))
+}
+
+/// Serve `routes` on `listener` until `shutdown`; then report NOT_SERVING, stop accepting,
+/// and give in-flight calls `grace` to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    routes: Routes,
+    health: Health,
+    service: &'static str,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), String> {
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_all(ServingStatus::NotServing).await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(move |inner| Observe {
+            inner,
+            service,
+        }))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal);
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| e.to_string()),
+        () = deadline => {
+            tracing::warn!("gRPC shutdown grace period over; closing remaining calls");
+            Ok(())
+        }
+    }
+}
+
+/// Per-call span with the request id, and Prometheus counters by method and status.
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    service: &'static str,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for Observe<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<tonic::body::Body>>
+        + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = req.uri().path().to_string();
+        let trace_id = crate::http::trace_id_of(req.headers());
+        let service = self.service;
+        let span = tracing::info_span!("grpc", trace.id = %trace_id, rpc.method = %method);
+        let fut = self.inner.call(req);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let resp = fut.await?;
+                // Unary errors and refusals come as trailers-only responses with the status in
+                // the headers; streamed calls end with it in trailers (counted as "streamed").
+                let code = resp
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map_or_else(|| "streamed".to_string(), str::to_string);
+                let labels = [
+                    ("service", service.to_string()),
+                    ("grpc_method", method),
+                    ("grpc_code", code),
+                ];
+                ::metrics::counter!("grpc_server_started_total", &labels[..2]).increment(1);
+                ::metrics::counter!("grpc_server_handled_total", &labels).increment(1);
+                ::metrics::histogram!("grpc_server_handling_seconds", &labels[..2])
+                    .record(start.elapsed().as_secs_f64());
+                Ok(resp)
+            },
+            span,
+        ))
+    }
+}
