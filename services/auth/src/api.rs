@@ -28,7 +28,7 @@ use crate::keys::Keys;
 use crate::password::{self, HashError, Hasher};
 use crate::shared::{Shared, Unavailable};
 use crate::store::{AuthStore, RefreshUse, StoreError, User};
-use crate::tokens::now_secs;
+use crate::tokens::{LEEWAY_SECS, now_secs};
 use crate::verify::{Authenticated, Authenticator};
 
 /// Everything the auth endpoints need.
@@ -255,16 +255,39 @@ fn too_many(wait: Duration) -> ApiError {
 /// The client's address: the socket peer, or the address `hops` proxies back in
 /// `X-Forwarded-For` when proxies are trusted.
 fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, hops: u32) -> String {
-    if hops > 0
-        && let Some(xff) = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok())
-    {
-        let list: Vec<&str> = xff.split(',').map(str::trim).collect();
+    if hops > 0 {
+        // Every X-Forwarded-For line, in order: a proxy may add its own line rather than
+        // append to the client's.
+        let list: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
         let idx = list.len().saturating_sub(hops as usize);
         if let Some(ip) = list.get(idx).and_then(|s| s.parse::<IpAddr>().ok()) {
             return ip.to_string();
         }
     }
     peer.map_or_else(|| "unknown".into(), |p| p.ip().to_string())
+}
+
+/// The per-account failure counters one login attempt is charged to.
+struct Attempt {
+    /// `pair:<account>:<address>` and `acct:<account>`.
+    keys: [String; 2],
+}
+
+impl Attempt {
+    /// Give the attempt back (it was refused before the password was checked, failed on our
+    /// side, or succeeded): only failed password checks stay counted.
+    async fn release(&self, shared: &Shared) -> Result<(), ApiError> {
+        for k in &self.keys {
+            shared.decr(k).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
 }
 
 async fn login(
@@ -274,83 +297,126 @@ async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let ip = client_ip(&headers, peer.map(|p| p.0.0), svc.cfg.trusted_proxy_hops);
-    // An invalid name cannot exist; it still goes through the same steps and costs.
+    // An invalid name cannot exist; it still goes through the same steps and costs. Counter
+    // keys carry a digest of the name, so their size does not depend on the request.
     let name =
         normalize_username(&req.username).unwrap_or_else(|_| req.username.to_ascii_lowercase());
+    let name_key = &blake3::hash(name.as_bytes()).to_hex()[..32];
     let rl = &svc.cfg.rate_limit;
     let window = rl.window.0;
     let k_ip = format!("ip:{ip}");
-    let k_acct = format!("acct:{name}");
-    let k_pair = format!("pair:{name}:{ip}");
     let (n_ip, w_ip) = svc.shared.count(&k_ip).await.map_err(unavailable)?;
-    let (n_pair, w_pair) = svc.shared.count(&k_pair).await.map_err(unavailable)?;
-    let (n_acct, w_acct) = svc.shared.count(&k_acct).await.map_err(unavailable)?;
     if n_ip >= u64::from(rl.per_address) {
         ::metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
         return Err(too_many(w_ip));
     }
-    if n_pair >= u64::from(rl.per_account_address) {
-        ::metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
-        return Err(too_many(w_pair));
-    }
-    if n_acct >= u64::from(rl.per_account) && n_pair > 0 {
-        ::metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
-        return Err(too_many(w_acct));
-    }
-    let user = svc.store.user_by_name(&name).await?;
-    let ok = match &user {
-        Some(u) => {
-            svc.hasher
-                .verify(req.password.clone(), u.password_hash.clone())
-                .await?
-        }
-        None => {
-            svc.hasher.verify_dummy(req.password.clone()).await?;
-            false
+    // Per account, reserve first and check after: concurrent guesses at one account each
+    // see their own count, so a burst cannot slip past the limit between a check and an
+    // increment. (The per-address counter only counts failures: many different users
+    // behind one address may log in at once.)
+    let attempt = Attempt {
+        keys: [format!("pair:{name_key}:{ip}"), format!("acct:{name_key}")],
+    };
+    let (n_pair, w_pair) = svc
+        .shared
+        .incr(&attempt.keys[0], window)
+        .await
+        .map_err(unavailable)?;
+    let (n_acct, w_acct) = match svc.shared.incr(&attempt.keys[1], window).await {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = svc.shared.decr(&attempt.keys[0]).await;
+            return Err(unavailable(e));
         }
     };
-    let Some(user) = user.filter(|_| ok) else {
-        for k in [&k_ip, &k_pair, &k_acct] {
-            svc.shared.incr(k, window).await.map_err(unavailable)?;
-        }
-        ::metrics::counter!("auth_logins_total", "result" => "failed").increment(1);
-        return Err(bad_credentials());
+    let refused = if n_pair > u64::from(rl.per_account_address) {
+        Some(w_pair)
+    } else if n_acct > u64::from(rl.per_account) && n_pair > 1 {
+        // The account is under attack: only addresses that have not failed for it may try.
+        Some(w_acct)
+    } else {
+        None
     };
-    svc.shared.reset(&k_pair).await.map_err(unavailable)?;
+    if let Some(wait) = refused {
+        attempt.release(&svc.shared).await?;
+        ::metrics::counter!("auth_logins_total", "result" => "throttled").increment(1);
+        return Err(too_many(wait));
+    }
+    let user = match check_password(&svc, &name, &req.password).await {
+        Ok(Some(user)) => user,
+        Ok(None) => {
+            svc.shared.incr(&k_ip, window).await.map_err(unavailable)?;
+            ::metrics::counter!("auth_logins_total", "result" => "failed").increment(1);
+            return Err(bad_credentials());
+        }
+        Err(e) => {
+            attempt.release(&svc.shared).await?;
+            return Err(e);
+        }
+    };
+    attempt.release(&svc.shared).await?;
+    svc.shared
+        .reset(&attempt.keys[0])
+        .await
+        .map_err(unavailable)?;
     if svc.hasher.needs_rehash(&user.password_hash) {
         let phc = svc.hasher.hash(req.password).await?;
         svc.store.set_password_hash(&user.id, &phc).await?;
     }
     let family = uuid::Uuid::new_v4().to_string();
     let family_expires = now_secs() + svc.cfg.refresh_ttl.0.as_secs();
-    let resp = issue_pair(&svc, &user.id, &family, family_expires).await?;
+    let (refresh_token, hash) = new_refresh_token()?;
+    svc.store
+        .start_family(&family, &user.id, &hash, family_expires as i64)
+        .await?;
+    let resp = token_response(&svc, &user.id, &family, refresh_token, family_expires)?;
     ::metrics::counter!("auth_logins_total", "result" => "ok").increment(1);
     tracing::info!(user.id = %user.id, "login");
     Ok(no_store(resp))
+}
+
+/// The user if `password` is theirs; one argon2id verification either way.
+async fn check_password(
+    svc: &AuthService,
+    name: &str,
+    password: &str,
+) -> Result<Option<User>, ApiError> {
+    let user = svc.store.user_by_name(name).await?;
+    let ok = match &user {
+        Some(u) => {
+            svc.hasher
+                .verify(password.to_string(), u.password_hash.clone())
+                .await?
+        }
+        None => {
+            svc.hasher.verify_dummy(password.to_string()).await?;
+            false
+        }
+    };
+    Ok(user.filter(|_| ok))
 }
 
 fn refresh_hash(token: &str) -> String {
     blake3::hash(token.as_bytes()).to_hex().to_string()
 }
 
-/// A new refresh token in `family` and an access token for its session.
-async fn issue_pair(
+/// A new opaque refresh token and the hash it is stored under.
+fn new_refresh_token() -> Result<(String, String), ApiError> {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(ApiError::internal)?;
+    let token = format!("fmsr_{}", URL_SAFE_NO_PAD.encode(raw));
+    let hash = refresh_hash(&token);
+    Ok((token, hash))
+}
+
+/// The token response: an access token for the session and the given refresh token.
+fn token_response(
     svc: &AuthService,
     user_id: &str,
     family: &str,
+    refresh_token: String,
     family_expires: u64,
 ) -> Result<TokenResponse, ApiError> {
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(ApiError::internal)?;
-    let refresh_token = format!("fmsr_{}", URL_SAFE_NO_PAD.encode(raw));
-    svc.store
-        .insert_refresh(
-            &refresh_hash(&refresh_token),
-            family,
-            user_id,
-            family_expires as i64,
-        )
-        .await?;
     let tokens = svc.keys.current();
     let (access_token, claims) = tokens
         .issue_in_session(user_id, family)
@@ -381,7 +447,7 @@ fn bad_refresh() -> ApiError {
 /// Revoke a login session: its refresh family, and every access token issued in it.
 async fn end_session(svc: &AuthService, family: &str) -> Result<(), ApiError> {
     svc.store.revoke_family(family).await?;
-    let until = now_secs() + svc.cfg.access_ttl.0.as_secs();
+    let until = now_secs() + svc.cfg.access_ttl.0.as_secs() + LEEWAY_SECS;
     let key = format!("sid:{family}");
     svc.store.revoke_jti(&key, until as i64).await?;
     svc.shared.revoke(&key, until).await.map_err(unavailable)?;
@@ -395,9 +461,10 @@ async fn refresh(
     if req.refresh_token.len() > 128 {
         return Err(bad_refresh());
     }
+    let (next, next_hash) = new_refresh_token()?;
     match svc
         .store
-        .use_refresh(&refresh_hash(&req.refresh_token))
+        .rotate_refresh(&refresh_hash(&req.refresh_token), &next_hash)
         .await?
     {
         RefreshUse::Fresh {
@@ -405,7 +472,7 @@ async fn refresh(
             user_id,
             expires_at,
         } => {
-            let resp = issue_pair(&svc, &user_id, &family, expires_at.max(0) as u64).await?;
+            let resp = token_response(&svc, &user_id, &family, next, expires_at.max(0) as u64)?;
             ::metrics::counter!("auth_refreshes_total", "result" => "ok").increment(1);
             Ok(no_store(resp))
         }
@@ -426,7 +493,10 @@ async fn logout(
     State(svc): Svc,
     Authenticated(claims): Authenticated,
 ) -> Result<Response, ApiError> {
-    svc.store.revoke_jti(&claims.jti, claims.exp as i64).await?;
+    // Verification accepts a token up to LEEWAY_SECS past `exp`; so must the revocation last.
+    svc.store
+        .revoke_jti(&claims.jti, (claims.exp + LEEWAY_SECS) as i64)
+        .await?;
     svc.shared
         .revoke(&claims.jti, claims.exp)
         .await

@@ -30,6 +30,22 @@ pub use tokens::{Claims, TokenError, TokenService};
 
 /// How often expired refresh tokens, revocations and keys are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// How often persisted revocations are pushed into Redis again.
+const RESYNC_EVERY: Duration = Duration::from_secs(60);
+
+async fn resync_revocations(
+    store: &store::AuthStore,
+    shared: &shared::Shared,
+) -> Result<(), String> {
+    for (jti, until) in store.live_revocations().await.map_err(|e| e.to_string())? {
+        // Stored with the leeway included; `revoke` adds it again, harmlessly.
+        shared
+            .revoke(&jti, until.max(0) as u64)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
 
 /// Build the auth service: migrations, keys (first one made if needed), revocations loaded,
 /// background key maintenance and purging until `stop`.
@@ -53,14 +69,25 @@ pub async fn start(
     .await
     .map_err(|e| e.to_string())?;
     keys.spawn_maintenance(stop.clone());
-    if !shared.is_distributed() {
-        // In-process revocations survive a restart through the database.
-        for (jti, exp) in store.live_revocations().await.map_err(|e| e.to_string())? {
-            shared
-                .revoke(&jti, exp.max(0) as u64)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+    // Revocations are persisted in the database and pushed into the shared state at start
+    // and every RESYNC_EVERY: in-process state survives a restart, and a Redis that lost its
+    // data (restart without persistence, failover, eviction) is refilled.
+    resync_revocations(&store, &shared).await?;
+    {
+        let (store, shared, stop) = (store.clone(), shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(RESYNC_EVERY) => {}
+                }
+                if shared.is_distributed()
+                    && let Err(e) = resync_revocations(&store, &shared).await
+                {
+                    tracing::warn!(error = %e, "revocation resync failed");
+                }
+            }
+        });
     }
     let g = &a.argon2;
     let hasher =

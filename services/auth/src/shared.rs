@@ -26,13 +26,18 @@ struct Local {
     revoked: HashMap<String, u64>,
     /// counter key -> (count, window end).
     counters: HashMap<String, (u64, Instant)>,
+    /// Purge expired entries when a map reaches this size (then twice its live size), so
+    /// purging costs O(1) per insert amortised.
+    purge_revoked_at: usize,
+    purge_counters_at: usize,
 }
 
 /// Revocations and counters, in the process or in Redis.
 #[derive(Clone)]
 pub enum Shared {
     Local(Arc<Mutex<LocalState>>),
-    Redis(ConnectionManager),
+    /// A connection and the prefix of every key (`redis.key_prefix`).
+    Redis(ConnectionManager, Arc<str>),
 }
 
 /// The in-process variant's state.
@@ -43,7 +48,7 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Shared::Local(_) => "Shared::Local",
-            Shared::Redis(_) => "Shared::Redis",
+            Shared::Redis(..) => "Shared::Redis",
         })
     }
 }
@@ -70,8 +75,9 @@ impl Shared {
         Shared::Local(Arc::new(Mutex::new(LocalState::default())))
     }
 
-    /// Connect to Redis (`redis://...`). The connection reconnects by itself.
-    pub async fn redis(url: &str) -> Result<Shared, Unavailable> {
+    /// Connect to Redis (`redis://...`); every key starts with `prefix`. The connection
+    /// reconnects by itself.
+    pub async fn redis(url: &str, prefix: &str) -> Result<Shared, Unavailable> {
         let client = redis::Client::open(url).map_err(|e| Unavailable(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
@@ -84,21 +90,23 @@ impl Shared {
         .await
         .map_err(|_| Unavailable("redis: connect timed out".into()))?
         .map_err(|e| Unavailable(e.to_string()))?;
-        Ok(Shared::Redis(conn))
+        Ok(Shared::Redis(conn, prefix.into()))
     }
 
     /// From configuration: Redis if a URL is given, else in-process.
-    pub async fn from_url(url: &str) -> Result<Shared, Unavailable> {
-        if url.is_empty() {
+    pub async fn from_config(
+        cfg: &fms_platform::config::RedisConfig,
+    ) -> Result<Shared, Unavailable> {
+        if cfg.url.is_empty() {
             Ok(Shared::local())
         } else {
-            Shared::redis(url).await
+            Shared::redis(&cfg.url, &cfg.key_prefix).await
         }
     }
 
     /// Whether this state is visible to other processes.
     pub fn is_distributed(&self) -> bool {
-        matches!(self, Shared::Redis(_))
+        matches!(self, Shared::Redis(..))
     }
 
     fn lock(state: &Mutex<LocalState>) -> std::sync::MutexGuard<'_, LocalState> {
@@ -108,26 +116,30 @@ impl Shared {
     /// Refuse access token `jti` until `exp` (seconds since the epoch).
     pub async fn revoke(&self, jti: &str, exp: u64) -> Result<(), Unavailable> {
         let now = now_secs();
-        if exp <= now {
+        if exp + crate::tokens::LEEWAY_SECS <= now {
             return Ok(());
         }
         match self {
             Shared::Local(state) => {
                 let mut s = Self::lock(state);
-                if s.0.revoked.len() >= PURGE_AT {
-                    s.0.revoked.retain(|_, e| *e > now);
+                if s.0.revoked.len() >= s.0.purge_revoked_at.max(PURGE_AT) {
+                    s.0.revoked
+                        .retain(|_, e| *e + crate::tokens::LEEWAY_SECS > now);
+                    s.0.purge_revoked_at = s.0.revoked.len() * 2;
                 }
                 s.0.revoked.insert(jti.to_string(), exp);
                 Ok(())
             }
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, p) => {
                 let mut c = conn.clone();
                 // Kept a little past expiry: a token within the verification leeway is
                 // still refused.
-                let ttl = exp - now + crate::tokens::LEEWAY_SECS;
+                let ttl = (exp + crate::tokens::LEEWAY_SECS)
+                    .saturating_sub(now)
+                    .max(1);
                 bounded(
                     redis::cmd("SET")
-                        .arg(format!("fms:revoked:{jti}"))
+                        .arg(format!("{p}revoked:{jti}"))
                         .arg(1)
                         .arg("EX")
                         .arg(ttl)
@@ -150,11 +162,11 @@ impl Shared {
                         .is_some_and(|e| *e + crate::tokens::LEEWAY_SECS > now)
                 }))
             }
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, p) => {
                 let mut c = conn.clone();
                 let mut cmd = redis::cmd("EXISTS");
                 for id in ids {
-                    cmd.arg(format!("fms:revoked:{id}"));
+                    cmd.arg(format!("{p}revoked:{id}"));
                 }
                 let n: u64 = bounded(cmd.query_async(&mut c)).await?;
                 Ok(n > 0)
@@ -169,8 +181,9 @@ impl Shared {
             Shared::Local(state) => {
                 let mut s = Self::lock(state);
                 let now = Instant::now();
-                if s.0.counters.len() >= PURGE_AT {
+                if s.0.counters.len() >= s.0.purge_counters_at.max(PURGE_AT) {
                     s.0.counters.retain(|_, (_, end)| *end > now);
+                    s.0.purge_counters_at = s.0.counters.len() * 2;
                 }
                 let e =
                     s.0.counters
@@ -182,9 +195,9 @@ impl Shared {
                 e.0 += 1;
                 Ok((e.0, e.1 - now))
             }
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, p) => {
                 let mut c = conn.clone();
-                let k = format!("fms:rl:{key}");
+                let k = format!("{p}rl:{key}");
                 let (n, ttl): (u64, i64) = bounded(
                     redis::pipe()
                         .cmd("INCR")
@@ -204,6 +217,34 @@ impl Shared {
         }
     }
 
+    /// Take one event back from `key` (never below zero, never creating the key).
+    pub async fn decr(&self, key: &str) -> Result<(), Unavailable> {
+        match self {
+            Shared::Local(state) => {
+                let mut s = Self::lock(state);
+                if let Some(e) = s.0.counters.get_mut(key) {
+                    e.0 = e.0.saturating_sub(1);
+                }
+                Ok(())
+            }
+            Shared::Redis(conn, p) => {
+                let mut c = conn.clone();
+                // DECR alone would create a key without expiry if the window just ended.
+                const SCRIPT: &str = "local v = tonumber(redis.call('GET', KEYS[1])) \
+                    if v and v > 0 then return redis.call('DECR', KEYS[1]) end return 0";
+                bounded(
+                    redis::cmd("EVAL")
+                        .arg(SCRIPT)
+                        .arg(1)
+                        .arg(format!("{p}rl:{key}"))
+                        .query_async::<i64>(&mut c),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
     /// The current count under `key` and the time until its window ends.
     pub async fn count(&self, key: &str) -> Result<(u64, Duration), Unavailable> {
         match self {
@@ -215,9 +256,9 @@ impl Shared {
                     _ => (0, Duration::ZERO),
                 })
             }
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, p) => {
                 let mut c = conn.clone();
-                let k = format!("fms:rl:{key}");
+                let k = format!("{p}rl:{key}");
                 let (n, ttl): (Option<u64>, i64) = bounded(
                     redis::pipe()
                         .cmd("GET")
@@ -239,11 +280,11 @@ impl Shared {
                 Self::lock(state).0.counters.remove(key);
                 Ok(())
             }
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, p) => {
                 let mut c = conn.clone();
                 bounded(
                     redis::cmd("DEL")
-                        .arg(format!("fms:rl:{key}"))
+                        .arg(format!("{p}rl:{key}"))
                         .query_async::<()>(&mut c),
                 )
                 .await
@@ -255,7 +296,7 @@ impl Shared {
     pub async fn ping(&self) -> Result<(), String> {
         match self {
             Shared::Local(_) => Ok(()),
-            Shared::Redis(conn) => {
+            Shared::Redis(conn, _) => {
                 let mut c = conn.clone();
                 bounded(redis::cmd("PING").query_async::<String>(&mut c))
                     .await

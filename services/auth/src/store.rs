@@ -9,10 +9,16 @@ use sqlx::Row;
 
 use crate::tokens::KeyRecord;
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/0001_auth.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../migrations/0001_auth.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../migrations/0002_refresh_families.sql"),
+    },
+];
 
 /// A stored account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,14 +137,26 @@ impl AuthStore {
         Ok(())
     }
 
-    /// Record a new refresh token (by its hash) in `family`.
-    pub async fn insert_refresh(
+    /// Start a login session: its family and its first refresh token, in one transaction.
+    pub async fn start_family(
         &self,
-        token_hash: &str,
         family: &str,
         user_id: &str,
+        token_hash: &str,
         expires_at: i64,
     ) -> Result<(), StoreError> {
+        let now = now_secs();
+        let mut tx = self.db.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO refresh_families (family_id, user_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(family)
+        .bind(user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at)
              VALUES ($1, $2, $3, $4, $5)",
@@ -146,35 +164,78 @@ impl AuthStore {
         .bind(token_hash)
         .bind(family)
         .bind(user_id)
-        .bind(now_secs())
+        .bind(now)
         .bind(expires_at)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Present a refresh token: atomically mark it used if it is fresh, else say why not.
-    /// Two concurrent presentations of one token: exactly one gets `Fresh`.
-    pub async fn use_refresh(&self, token_hash: &str) -> Result<RefreshUse, StoreError> {
+    /// Present refresh token `old` and, if it is fresh, replace it by `new` in the same
+    /// family, atomically: the family row is locked first (and must be unrevoked), the old
+    /// token is marked used, the new one inserted, all in one transaction. Of two concurrent
+    /// presentations exactly one gets `Fresh`; a failure leaves the old token unused.
+    pub async fn rotate_refresh(&self, old: &str, new: &str) -> Result<RefreshUse, StoreError> {
         let now = now_secs();
-        let row = sqlx::query(
-            "UPDATE refresh_tokens SET used_at = $1
-             WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $1
+        let mut tx = self.db.pool.begin().await?;
+        // Locks the family row (PostgreSQL) / takes the write lock (SQLite) before anything
+        // is read, so a concurrent revocation either precedes this or waits for it.
+        let locked = sqlx::query(
+            "UPDATE refresh_families SET revoked_at = NULL
+             WHERE family_id = (SELECT family_id FROM refresh_tokens WHERE token_hash = $1)
+               AND revoked_at IS NULL AND expires_at > $2
              RETURNING family_id, user_id, expires_at",
         )
+        .bind(old)
         .bind(now)
-        .bind(token_hash)
-        .fetch_optional(&self.db.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        if let Some(row) = row {
-            return Ok(RefreshUse::Fresh {
-                family: row.try_get("family_id")?,
-                user_id: row.try_get("user_id")?,
-                expires_at: row.try_get("expires_at")?,
-            });
+        let Some(family_row) = locked else {
+            drop(tx);
+            return self.classify(old).await;
+        };
+        let family: String = family_row.try_get("family_id")?;
+        let used = sqlx::query(
+            "UPDATE refresh_tokens SET used_at = $1
+             WHERE token_hash = $2 AND used_at IS NULL AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(old)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() == 0 {
+            drop(tx);
+            return self.classify(old).await;
         }
+        let user_id: String = family_row.try_get("user_id")?;
+        let expires_at: i64 = family_row.try_get("expires_at")?;
+        sqlx::query(
+            "INSERT INTO refresh_tokens (token_hash, family_id, user_id, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(new)
+        .bind(&family)
+        .bind(&user_id)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(RefreshUse::Fresh {
+            family,
+            user_id,
+            expires_at,
+        })
+    }
+
+    /// Why a refresh token could not be rotated: replayed (used, family still live) or not
+    /// usable at all.
+    async fn classify(&self, token_hash: &str) -> Result<RefreshUse, StoreError> {
         let row = sqlx::query(
-            "SELECT family_id, user_id, used_at, revoked_at FROM refresh_tokens WHERE token_hash = $1",
+            "SELECT t.family_id, t.user_id, t.used_at, f.revoked_at
+             FROM refresh_tokens t JOIN refresh_families f ON f.family_id = t.family_id
+             WHERE t.token_hash = $1",
         )
         .bind(token_hash)
         .fetch_optional(&self.db.pool)
@@ -193,30 +254,26 @@ impl AuthStore {
         Ok(RefreshUse::Invalid)
     }
 
-    /// Revoke every token of a family; returns how many were still live.
-    pub async fn revoke_family(&self, family: &str) -> Result<u64, StoreError> {
+    /// Revoke a family: no token of it can be rotated any more. Returns whether it was live.
+    pub async fn revoke_family(&self, family: &str) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let mut tx = self.db.pool.begin().await?;
         let r = sqlx::query(
+            "UPDATE refresh_families SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(family)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = $1 WHERE family_id = $2 AND revoked_at IS NULL",
         )
-        .bind(now_secs())
+        .bind(now)
         .bind(family)
-        .execute(&self.db.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected())
-    }
-
-    /// Whether a family still has a token that is neither revoked nor expired.
-    pub async fn family_live(&self, family: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n FROM refresh_tokens
-             WHERE family_id = $1 AND revoked_at IS NULL AND expires_at > $2",
-        )
-        .bind(family)
-        .bind(now_secs())
-        .fetch_one(&self.db.pool)
-        .await?;
-        let n: i64 = row.try_get("n")?;
-        Ok(n > 0)
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
     }
 
     /// Persist a revoked access-token id until `expires_at`.
@@ -295,6 +352,7 @@ impl AuthStore {
         let mut n = 0;
         for sql in [
             "DELETE FROM refresh_tokens WHERE expires_at <= $1",
+            "DELETE FROM refresh_families WHERE expires_at <= $1",
             "DELETE FROM revoked_tokens WHERE expires_at <= $1",
             "DELETE FROM signing_keys WHERE retire_after IS NOT NULL AND retire_after <= $1",
         ] {

@@ -91,7 +91,8 @@ pub struct Authenticator {
     keys: Arc<RwLock<KeySet>>,
     source: Source,
     shared: Shared,
-    cache: Mutex<HashMap<String, Claims>>,
+    /// token -> (its kid, its claims).
+    cache: Mutex<HashMap<String, (String, Claims)>>,
     fetches: std::sync::atomic::AtomicU64,
 }
 
@@ -197,12 +198,18 @@ impl Authenticator {
     /// Verify signature and claims (no revocation check).
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let now = tokens::now_secs();
-        if let Some(c) = self
+        if let Some((kid, c)) = self
             .cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
             && c.exp + LEEWAY_SECS > now
+            // A key withdrawn from the JWKS takes its tokens with it, cached or not.
+            && self
+                .keys
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(kid)
         {
             return Ok(c.clone());
         }
@@ -220,12 +227,13 @@ impl Authenticator {
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_MAX {
-            cache.retain(|_, c| c.exp + LEEWAY_SECS > now);
+            cache.retain(|_, (_, c)| c.exp + LEEWAY_SECS > now);
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
         }
-        cache.insert(token.to_string(), claims.clone());
+        let kid = tokens::token_kid(token).unwrap_or_default();
+        cache.insert(token.to_string(), (kid, claims.clone()));
         Ok(claims)
     }
 

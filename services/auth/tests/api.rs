@@ -634,3 +634,116 @@ async fn t_user(s: &Server, token: &str) -> String {
     let m: Value = me(&client(), &s.url, token).await.json().await.unwrap();
     m["username"].as_str().unwrap().to_string()
 }
+
+/// A private Redis this test may kill.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: u16) -> OwnRedis {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (./test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { port, child }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_store_down_fails_closed_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = OwnRedis::start(port);
+    let url = format!("redis://127.0.0.1:{}/", redis.port);
+    let s = Server::start_with(Backend::Embedded, |c| c.redis.url = url).await;
+    let c = client();
+    let t = session(&c, &s.url, &username("down")).await;
+    let token = t["access_token"].as_str().unwrap();
+    assert_eq!(me(&c, &s.url, token).await.status(), 200);
+    drop(redis);
+    // Redis gone: a token that might be revoked is never accepted; the answer says retry.
+    let r = me(&c, &s.url, token).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r).await.1, "unavailable");
+    let r = login(&c, &s.url, "whoever", PASSWORD).await;
+    assert_eq!(
+        r.status(),
+        503,
+        "throttling state unknown: login refused too"
+    );
+    // Redis back: service resumes without a restart.
+    let _redis = OwnRedis::start(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if me(&c, &s.url, token).await.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_guesses_cannot_outrun_the_limit() {
+    for backend in BACKENDS {
+        let s = Server::start_with(backend, |c| c.auth.rate_limit.per_account_address = 3).await;
+        let c = client();
+        let user = username("burst");
+        assert_eq!(register(&c, &s.url, &user, PASSWORD).await.status(), 201);
+        // 40 guesses at once: only 3 reach a password check, however they interleave.
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (c, url, user) = (c.clone(), s.url.clone(), user.clone());
+                tokio::spawn(async move {
+                    login(&c, &url, &user, &format!("guess number {i}"))
+                        .await
+                        .status()
+                        .as_u16()
+                })
+            })
+            .collect();
+        let mut checked = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                401 => checked += 1,
+                429 => {}
+                other => panic!("{other}"),
+            }
+        }
+        assert_eq!(
+            checked, 3,
+            "{backend:?}: password checks allowed in the burst"
+        );
+    }
+}

@@ -46,9 +46,15 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     let db = Db::connect(&cfg.database, &cfg.data_dir)
         .await
         .map_err(|e| e.to_string())?;
-    let shared = Shared::from_url(&cfg.redis.url)
+    let shared = Shared::from_config(&cfg.redis)
         .await
         .map_err(|e| e.to_string())?;
+    if role != Role::All && !shared.is_distributed() {
+        tracing::warn!(
+            "redis.url is empty: revocations and login throttling stay in this process; \
+             replicas of this service will not see each other's logouts"
+        );
+    }
     let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
     let checks = {
         let db = db.clone();

@@ -273,6 +273,11 @@ async fn auth_replicas_share_users_keys_and_revocations() {
     let env = [
         ("FMS_DATABASE__URL", fresh_postgres().await),
         ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+        // This test's own keys in the shared test Redis.
+        (
+            "FMS_REDIS__KEY_PREFIX",
+            format!("t{}:", uuid::Uuid::new_v4().simple()),
+        ),
     ];
     let a = spawn(&["auth"], &env, false);
     let b = spawn(&["auth"], &env, false);
@@ -301,7 +306,9 @@ async fn auth_replicas_share_users_keys_and_revocations() {
     assert_eq!(me_status(&c, &a.http, &token).await, 200);
     assert_eq!(me_status(&c, &b.http, &token).await, 200);
     // A third process's view: the verification library with A's JWKS and the shared Redis.
-    let shared = fms_auth::shared::Shared::redis(&env[1].1).await.unwrap();
+    let shared = fms_auth::shared::Shared::redis(&env[1].1, &env[2].1)
+        .await
+        .unwrap();
     let expect = fms_auth::tokens::Expect {
         issuer: "fms".into(),
         audience: "fms".into(),

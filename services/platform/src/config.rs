@@ -72,12 +72,23 @@ impl Default for DatabaseConfig {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://host:port/db`, or empty to keep revocations, rate limits and caches in the
     /// process (only right when one process serves everything, as `fms serve` does).
     pub url: String,
+    /// Prefix of every key fms writes (lets deployments share one Redis).
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: String::new(),
+            key_prefix: "fms:".into(),
+        }
+    }
 }
 
 /// Auth settings.
@@ -164,6 +175,8 @@ pub struct RateLimitConfig {
     pub per_account: u32,
     /// Failures allowed from one client address across all accounts.
     pub per_address: u32,
+    /// Registrations (successful or not) allowed from one client address.
+    pub register_per_address: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -173,6 +186,7 @@ impl Default for RateLimitConfig {
             per_account_address: 5,
             per_account: 50,
             per_address: 100,
+            register_per_address: 20,
         }
     }
 }
@@ -359,7 +373,7 @@ impl Config {
         if !url.is_empty() && !url.starts_with("redis://") && !url.starts_with("unix://") {
             return Err(invalid(
                 "redis.url",
-                "must be a redis:// URL, or empty for in-process state".into(),
+                "must be a redis:// or unix:// URL (TLS to Redis is left to the mesh), or empty for in-process state".into(),
             ));
         }
         let a = &self.auth;
@@ -439,6 +453,10 @@ impl Config {
             ("auth.rate_limit.per_account_address", r.per_account_address),
             ("auth.rate_limit.per_account", r.per_account),
             ("auth.rate_limit.per_address", r.per_address),
+            (
+                "auth.rate_limit.register_per_address",
+                r.register_per_address,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
@@ -593,5 +611,44 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("log.level"), "{err}");
+        for (var, value, key) in [
+            (
+                "FMS_AUTH__ARGON2__MEMORY_KIB",
+                "1024",
+                "auth.argon2.memory_kib",
+            ),
+            (
+                "FMS_AUTH__ARGON2__ITERATIONS",
+                "1",
+                "auth.argon2.iterations",
+            ),
+            ("FMS_AUTH__ACCESS_TTL", "10s", "auth.access_ttl"),
+            (
+                "FMS_AUTH__RATE_LIMIT__PER_ACCOUNT",
+                "0",
+                "auth.rate_limit.per_account",
+            ),
+            ("FMS_DATABASE__URL", "mysql://x", "database.url"),
+            ("FMS_REDIS__URL", "http://x", "redis.url"),
+            ("FMS_AUTH__JWKS_URL", "ftp://x", "auth.jwks_url"),
+            ("FMS_AUTH__MAX_BODY", "lots", "auth.max_body"),
+        ] {
+            let err = Config::load(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(var), "{var}: {err}");
+        }
+        let c = Config::load(
+            None,
+            env(&[
+                ("FMS_AUTH__ARGON2__MEMORY_KIB", "65536"),
+                ("FMS_DATABASE__URL", "postgres://fms@db/fms"),
+                ("FMS_AUTH__KEY_ROTATION", "0s"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.argon2.memory_kib, 65536);
+        assert_eq!(c.database.url, "postgres://fms@db/fms");
+        assert!(c.auth.key_rotation.0.is_zero());
     }
 }

@@ -86,23 +86,26 @@ impl Db {
         Ok(Db { pool, backend })
     }
 
-    /// Apply `component`'s migrations that are not applied yet.
+    /// Apply `component`'s migrations that are not applied yet, all in one transaction
+    /// under a lock (PostgreSQL advisory lock; SQLite's write lock), so replicas starting
+    /// together apply them once and a failed migration leaves nothing half done.
     pub async fn migrate(&self, component: &str, migrations: &[Migration]) -> Result<(), DbError> {
-        self.pool
-            .execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (
-                    component  TEXT NOT NULL,
-                    version    BIGINT NOT NULL,
-                    applied_at BIGINT NOT NULL,
-                    PRIMARY KEY (component, version))",
-            )
-            .await?;
+        let mut tx = match self.backend {
+            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        };
+        if self.backend == Backend::Postgres {
+            tx.execute("SELECT pg_advisory_xact_lock(7311989)").await?;
+        }
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                component  TEXT NOT NULL,
+                version    BIGINT NOT NULL,
+                applied_at BIGINT NOT NULL,
+                PRIMARY KEY (component, version))",
+        )
+        .await?;
         for m in migrations {
-            let mut tx = self.pool.begin().await?;
-            if self.backend == Backend::Postgres {
-                // Serialises replicas that start at the same time.
-                tx.execute("SELECT pg_advisory_xact_lock(7311989)").await?;
-            }
             let done: Option<(i64,)> = sqlx::query_as(
                 "SELECT version FROM schema_migrations WHERE component = $1 AND version = $2",
             )
@@ -124,9 +127,9 @@ impl Db {
             .bind(now_secs())
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
             tracing::info!(component, version = m.version, "migration applied");
         }
+        tx.commit().await?;
         Ok(())
     }
 

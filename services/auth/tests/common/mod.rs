@@ -63,6 +63,8 @@ pub async fn config(backend: Backend, dir: &std::path::Path) -> Config {
     if backend == Backend::Postgres {
         cfg.database.url = fresh_postgres().await;
         cfg.redis.url = redis_url();
+        // This test's own keys in the shared test Redis.
+        cfg.redis.key_prefix = format!("t{}:", uuid::Uuid::new_v4().simple());
     }
     cfg
 }
@@ -102,7 +104,7 @@ impl Server {
     pub async fn start_config(cfg: Config) -> Server {
         let stop = CancellationToken::new();
         let db = Db::connect(&cfg.database, &cfg.data_dir).await.unwrap();
-        let shared = Shared::from_url(&cfg.redis.url).await.unwrap();
+        let shared = Shared::from_config(&cfg.redis).await.unwrap();
         let svc = fms_auth::start(&cfg, db, shared, stop.clone())
             .await
             .unwrap();
