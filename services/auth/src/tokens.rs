@@ -633,6 +633,48 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_in_key_is_published_before_it_signs() {
+        let s = service();
+        let old_kid = s.current_kid();
+        let records = s.rotated_records(Duration::from_secs(60)).unwrap();
+        let s2 = TokenService::from_records(
+            "https://fms.test",
+            "fms",
+            Duration::from_secs(900),
+            records,
+        )
+        .unwrap();
+        assert_eq!(s2.current_kid(), old_kid, "the new key does not sign yet");
+        assert!(s2.has_pending());
+        assert_eq!(
+            s2.jwks()["keys"].as_array().unwrap().len(),
+            2,
+            "but it is published"
+        );
+        let (t, _) = s2.issue("u").unwrap();
+        assert!(
+            s.verify(&t).is_ok(),
+            "verifiers that know only the old key still accept"
+        );
+        // Once its time comes it signs, and the old key stays valid for the old tokens.
+        let mut records = s2.records().to_vec();
+        for r in &mut records {
+            if r.retire_after.is_none() {
+                r.created = now_secs();
+            }
+        }
+        let s3 = TokenService::from_records(
+            "https://fms.test",
+            "fms",
+            Duration::from_secs(900),
+            records,
+        )
+        .unwrap();
+        assert_ne!(s3.current_kid(), old_kid);
+        assert!(s3.verify(&t).is_ok());
+    }
+
+    #[test]
     fn rotation_keeps_old_tokens_valid_and_publishes_both_keys() {
         let mut s = service();
         let (old, _) = s.issue("u").unwrap();
