@@ -170,25 +170,85 @@ where
         Box::pin(tracing::Instrument::instrument(
             async move {
                 let resp = fut.await?;
-                // Unary errors and refusals come as trailers-only responses with the status in
-                // the headers; streamed calls end with it in trailers (counted as "streamed").
-                let code = resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .map_or_else(|| "streamed".to_string(), str::to_string);
-                let labels = [
-                    ("service", service.to_string()),
-                    ("grpc_method", method),
-                    ("grpc_code", code),
-                ];
-                ::metrics::counter!("grpc_server_started_total", &labels[..2]).increment(1);
-                ::metrics::counter!("grpc_server_handled_total", &labels).increment(1);
-                ::metrics::histogram!("grpc_server_handling_seconds", &labels[..2])
-                    .record(start.elapsed().as_secs_f64());
-                Ok(resp)
+                let labels = vec![("service", service.to_string()), ("grpc_method", method)];
+                ::metrics::counter!("grpc_server_started_total", &labels).increment(1);
+                let record = move |code: &str| {
+                    let mut l = labels;
+                    ::metrics::histogram!("grpc_server_handling_seconds", &l)
+                        .record(start.elapsed().as_secs_f64());
+                    l.push(("grpc_code", code.to_string()));
+                    ::metrics::counter!("grpc_server_handled_total", &l).increment(1);
+                };
+                // Refusals and unary errors are trailers-only responses with the status in
+                // the headers; everything else ends with it in the trailers, read as the
+                // body finishes (so streams are timed to their end).
+                if let Some(code) = resp.headers().get("grpc-status") {
+                    record(code.to_str().unwrap_or("unknown"));
+                    return Ok(resp);
+                }
+                Ok(resp.map(|body| {
+                    tonic::body::Body::new(Counted {
+                        inner: body,
+                        record: Some(Box::new(record)),
+                    })
+                }))
             },
             span,
         ))
+    }
+}
+
+/// A response body that reports the call's final status code when its trailers pass (or
+/// `cancelled` when the client goes away first).
+struct Counted {
+    inner: tonic::body::Body,
+    record: Option<Record>,
+}
+
+/// Records a finished call's status code.
+type Record = Box<dyn FnOnce(&str) + Send>;
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame.trailers_ref().map(|t| {
+                t.get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("unknown")
+                    .to_string()
+            }),
+            Poll::Ready(Some(Err(s))) => Some((s.code() as i32).to_string()),
+            Poll::Ready(None) => Some("unknown".to_string()),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(record) = self.record.take()
+        {
+            record(&code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(record) = self.record.take() {
+            record("cancelled");
+        }
     }
 }
