@@ -75,6 +75,9 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Hasher {
     params: Params,
     permits: Arc<Semaphore>,
+    /// New hashes (registrations, rehashes) may hold at most half the slots, so a flood of
+    /// registrations cannot starve logins.
+    new_hash_permits: Arc<Semaphore>,
     jobs: Arc<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>,
     /// A hash of a random password, verified against for unknown users so that a login
     /// for a name that does not exist costs the same as one that does.
@@ -127,6 +130,7 @@ impl Hasher {
         Ok(Hasher {
             params,
             permits: Arc::new(Semaphore::new(n)),
+            new_hash_permits: Arc::new(Semaphore::new((n / 2).max(1))),
             jobs: Arc::new(std::sync::Mutex::new(tx)),
             dummy: Arc::new(OnceLock::new()),
         })
@@ -161,6 +165,11 @@ impl Hasher {
 
     /// The PHC string (`$argon2id$v=19$m=...`) of `password` with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, HashError> {
+        let _slot =
+            tokio::time::timeout(QUEUE_TIMEOUT, self.new_hash_permits.clone().acquire_owned())
+                .await
+                .map_err(|_| HashError::Busy)?
+                .map_err(|_| HashError::Busy)?;
         let params = self.params.clone();
         self.blocking(move || {
             let mut salt = [0u8; 16];

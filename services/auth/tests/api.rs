@@ -747,3 +747,39 @@ async fn a_burst_of_guesses_cannot_outrun_the_limit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_flood_does_not_starve_logins() {
+    let s = Server::start_with(Backend::Embedded, |c| {
+        c.auth.argon2.max_concurrent = 2;
+        c.auth.rate_limit.register_per_address = 1000;
+    })
+    .await;
+    let c = client();
+    let user = username("steady");
+    assert_eq!(register(&c, &s.url, &user, PASSWORD).await.status(), 201);
+    let flood_start = Instant::now();
+    let flood: Vec<_> = (0..40)
+        .map(|_| {
+            let (c, url) = (c.clone(), s.url.clone());
+            tokio::spawn(async move {
+                register(&c, &url, &username("flood"), PASSWORD)
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = Instant::now();
+    assert_eq!(login(&c, &s.url, &user, PASSWORD).await.status(), 200);
+    let login_time = t.elapsed();
+    for f in flood {
+        assert_eq!(f.await.unwrap(), 201);
+    }
+    let flood_time = flood_start.elapsed();
+    println!("login during a 40-registration flood: {login_time:?} (flood took {flood_time:?})");
+    assert!(
+        login_time * 3 < flood_time,
+        "login waited behind registrations: {login_time:?} of {flood_time:?}"
+    );
+}
