@@ -205,7 +205,7 @@ async fn bad_input_gets_clear_errors() {
         );
         let huge = format!(
             "{{\"username\": \"{}\", \"password\": \"x\"}}",
-            "a".repeat(1 << 20)
+            "a".repeat(20 * 1024)
         );
         let r = c
             .post(&url)

@@ -8,7 +8,6 @@ use fms_platform::Config;
 use fms_platform::db::Db;
 use fms_platform::grpc::{self, GrpcServices};
 use fms_platform::http::{self, Check, Service};
-use tokio_util::sync::CancellationToken;
 
 /// Which services this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +111,8 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     if let Some(t) = grpc_task {
         t.await.map_err(|e| e.to_string())??;
     }
-    stop_background(&stop);
+    // Background tasks (key maintenance, purges, resyncs) end with the token.
+    stop.cancel();
     db.pool.close().await;
     http_result.map_err(|e| e.to_string())
-}
-
-fn stop_background(stop: &CancellationToken) {
-    stop.cancel();
 }
