@@ -7,8 +7,17 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 fms_need_packages
 cargo build --quiet -p fms-bench
-# `scripts/bench.sh auth ...` measures token verification and login; anything else is the
-# engine benchmark.
+# `scripts/bench.sh auth ...` measures token verification and login, `scripts/bench.sh
+# permission ...` the permission service; anything else is the engine benchmark.
+if [ "${1:-}" = permission ]; then
+    # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
+    shift
+    source scripts/test-servers.sh
+    fms_start_test_servers
+    export FMS_BENCH_POSTGRES_URL="$FMS_TEST_POSTGRES_URL"
+    "$CARGO_TARGET_DIR/debug/fms-bench-permission" "$@"
+    exit
+fi
 if [ "${1:-}" = auth ]; then
     shift
     exec "$CARGO_TARGET_DIR/debug/fms-bench-auth" "$@"

@@ -74,6 +74,12 @@ enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Run the permission service alone (gRPC `fms.permission.v1`; HTTP only for
+    /// /healthz, /readyz and /metrics).
+    Permission {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -159,9 +165,12 @@ fn io_fail(what: &str, e: io::Error) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Serve { listen } | Command::Auth { listen } = &cli.command {
+    if let Command::Serve { listen } | Command::Auth { listen } | Command::Permission { listen } =
+        &cli.command
+    {
         let role = match cli.command {
             Command::Serve { .. } => server::Role::All,
+            Command::Permission { .. } => server::Role::Permission,
             _ => server::Role::Auth,
         };
         let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
@@ -428,7 +437,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Admin::Reindex { .. } => {}
         },
-        Command::Config { .. } | Command::Serve { .. } | Command::Auth { .. } => {}
+        Command::Config { .. }
+        | Command::Serve { .. }
+        | Command::Auth { .. }
+        | Command::Permission { .. } => {}
     }
     Ok(())
 }

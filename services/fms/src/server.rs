@@ -16,6 +16,20 @@ pub enum Role {
     All,
     /// The auth service alone: `fms auth`.
     Auth,
+    /// The permission service alone: `fms permission`.
+    Permission,
+}
+
+impl Role {
+    fn runs_auth(self) -> bool {
+        matches!(self, Role::All | Role::Auth)
+    }
+    fn runs_permission(self) -> bool {
+        matches!(self, Role::All | Role::Permission)
+    }
+    fn has_grpc(self) -> bool {
+        self.runs_permission()
+    }
 }
 
 fn check<F, Fut>(f: F) -> Check
@@ -31,6 +45,7 @@ pub fn run(cfg: Config, role: Role) -> Result<(), String> {
     let service_name: &'static str = match role {
         Role::All => "fms",
         Role::Auth => "fms-auth",
+        Role::Permission => "fms-permission",
     };
     fms_platform::logging::init(service_name, &cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -48,43 +63,53 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     let shared = Shared::from_config(&cfg.redis)
         .await
         .map_err(|e| e.to_string())?;
-    if role != Role::All && !shared.is_distributed() {
+    if role == Role::Auth && !shared.is_distributed() {
         tracing::warn!(
             "redis.url is empty: revocations and login throttling stay in this process; \
              replicas of this service will not see each other's logouts"
         );
     }
-    let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
-    let checks = {
+    let mut api = axum::Router::new();
+    if role.runs_auth() {
+        let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
+        api = api.merge(fms_auth::api::routes(auth));
+    }
+    let mut grpc_services = GrpcServices::new();
+    if role.runs_permission() {
+        let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
+        grpc_services = grpc_services.with(fms_permission::grpc::Service::server(perms));
+    }
+    let mut checks = Vec::new();
+    {
         let db = db.clone();
+        checks.push((
+            "database",
+            check(move || {
+                let db = db.clone();
+                async move { db.ping().await }
+            }),
+        ));
+    }
+    if role.runs_auth() {
+        // Revocations and login throttling live there; the permission service needs no Redis.
         let shared = shared.clone();
-        vec![
-            (
-                "database",
-                check(move || {
-                    let db = db.clone();
-                    async move { db.ping().await }
-                }),
-            ),
-            (
-                "shared_state",
-                check(move || {
-                    let s = shared.clone();
-                    async move { s.ping().await }
-                }),
-            ),
-        ]
-    };
-    let routes = fms_auth::api::routes(auth);
-    let app = http::app(Service { name, checks }, routes);
+        checks.push((
+            "shared_state",
+            check(move || {
+                let s = shared.clone();
+                async move { s.ping().await }
+            }),
+        ));
+    }
+    let app = http::app(Service { name, checks }, api);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let grace = cfg.shutdown.grace.0;
     let http_task = tokio::spawn(http::serve(listener, app, stop.clone(), grace));
-    let grpc_task = if role == Role::All {
-        let (routes, health) = grpc::routes(GrpcServices::new()).await?;
+    let grpc_task = if role.has_grpc() {
+        let (routes, health) = grpc::routes(grpc_services).await?;
         let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.grpc_listen))?;

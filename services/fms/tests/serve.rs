@@ -206,8 +206,15 @@ async fn fms_serve_runs_the_system_with_no_external_server() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "grpc.health.v1.Health",
+        "fms.permission.v1.PermissionService",
+    ] {
+        assert!(names.iter().any(|n| n == service), "{service}: {names:?}");
+    }
+    // Contracts of services not built yet stay out of the list.
     assert!(
-        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        !names.iter().any(|n| n.starts_with("fms.transformer")),
         "{names:?}"
     );
     // SIGTERM: a clean exit within the grace period.
@@ -377,5 +384,178 @@ async fn auth_replicas_share_users_keys_and_revocations() {
             .authenticate_token(t2["access_token"].as_str().unwrap())
             .await
             .is_ok()
+    );
+}
+
+/// Reliability test 33: two `fms permission` replicas on one PostgreSQL (and Redis), checks
+/// hammering replica B from its cache while replica A revokes. No check sent after the
+/// revoke returned may be allowed — for `UpdatePermission` revokes and for `DeleteObject`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permission_replicas_never_allow_after_a_revoke_returned() {
+    use fms_proto::permission::v1::{
+        self as pb, permission_service_client::PermissionServiceClient,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = [
+        ("FMS_DATABASE__URL", fresh_postgres().await),
+        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+        (
+            "FMS_REDIS__KEY_PREFIX",
+            format!("t{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    // Accounts come from the auth service on the same database.
+    let auth = spawn(&["auth"], &env, false);
+    let c = client();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = login_session(&c, &auth.http, &username()).await;
+        let me: Value = c
+            .get(format!("{}/auth/me", auth.http))
+            .bearer_auth(t["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(me["id"].as_str().unwrap().to_string());
+    }
+    let (alice, bob) = (ids[0].clone(), ids[1].clone());
+    let a = spawn(&["permission"], &env, true);
+    let b = spawn(&["permission"], &env, true);
+    let connect = |url: String| async move {
+        PermissionServiceClient::new(
+            tonic::transport::Endpoint::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    };
+    let mut ca = connect(a.grpc.clone().unwrap()).await;
+    let cb = connect(b.grpc.clone().unwrap()).await;
+    let check = |file: &str, fresh: u64| pb::CheckPermissionRequest {
+        user_id: bob.clone(),
+        file_id: file.to_string(),
+        right: pb::Right::Read as i32,
+        at_least_as_fresh: fresh,
+    };
+    let mut after_revoke = 0usize;
+    for round in 0..12 {
+        let file = uuid::Uuid::now_v7().to_string();
+        ca.create_owner(pb::CreateOwnerRequest {
+            file_id: file.clone(),
+            user_id: alice.clone(),
+        })
+        .await
+        .unwrap();
+        let r = ca
+            .update_permission(pb::UpdatePermissionRequest {
+                actor_id: alice.clone(),
+                file_id: file.clone(),
+                grants: vec![pb::Grant {
+                    user_id: bob.clone(),
+                    rights: vec![pb::Right::Read as i32],
+                }],
+                revokes: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+        assert!(
+            cb.clone()
+                .check_permission(check(&file, r))
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        );
+        // Four checkers on B record when each check was sent and what it said.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (mut cb, stop, req) = (cb.clone(), stop.clone(), check(&file, 0));
+            tasks.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
+                    let allowed = cb
+                        .check_permission(req.clone())
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .allowed;
+                    seen.push((sent, allowed));
+                }
+                seen
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        if round % 2 == 0 {
+            ca.update_permission(pb::UpdatePermissionRequest {
+                actor_id: alice.clone(),
+                file_id: file.clone(),
+                grants: vec![],
+                revokes: vec![pb::Grant {
+                    user_id: bob.clone(),
+                    rights: vec![pb::Right::Read as i32],
+                }],
+            })
+            .await
+            .unwrap();
+        } else {
+            ca.delete_object(pb::DeleteObjectRequest {
+                file_id: file.clone(),
+            })
+            .await
+            .unwrap();
+        }
+        let returned = Instant::now();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.store(true, Ordering::SeqCst);
+        let mut allowed_before = 0;
+        for t in tasks {
+            for (sent, allowed) in t.await.unwrap() {
+                if sent > returned {
+                    after_revoke += 1;
+                    assert!(
+                        !allowed,
+                        "round {round}: replica B allowed a read after the revoke returned"
+                    );
+                } else if allowed {
+                    allowed_before += 1;
+                }
+            }
+        }
+        assert!(
+            allowed_before > 0,
+            "round {round}: B never allowed before the revoke"
+        );
+    }
+    assert!(
+        after_revoke > 100,
+        "too few checks after revokes: {after_revoke}"
+    );
+    // The checks were answered from B's cache: the race was real.
+    let metrics = c
+        .get(format!("{}/metrics", b.http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let cached: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("permission_checks_total") && l.contains("source=\"cache\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        cached > 1000.0,
+        "B answered {cached} checks from its cache:\n{metrics}"
     );
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The auth service, and how every service verifies tokens.
     pub auth: AuthConfig,
+    /// The permission service.
+    pub permission: PermissionConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,36 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             redis: RedisConfig::default(),
             auth: AuthConfig::default(),
+            permission: PermissionConfig::default(),
+        }
+    }
+}
+
+/// Permission settings. See `docs/design/permissions.md` for how the cache, the change log
+/// and the lease keep revocations immediate across replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionConfig {
+    /// Decisions kept in each process's cache (0: no cache, every check reads the database).
+    pub cache_entries: u64,
+    /// How often each process reads the change log to invalidate its cache.
+    pub sync_interval: Duration,
+    /// With PostgreSQL (several replicas): a process answers from its cache only while its
+    /// last read of the change log started less than this long ago, and a call that removes
+    /// rights returns only after this long. Longer survives slower database reads without
+    /// falling back to uncached checks; shorter makes revocations return sooner.
+    pub lease: Duration,
+    /// Most grants plus revokes in one `UpdatePermission` call.
+    pub max_changes_per_call: u32,
+}
+
+impl Default for PermissionConfig {
+    fn default() -> Self {
+        PermissionConfig {
+            cache_entries: 1_000_000,
+            sync_interval: Duration(std::time::Duration::from_millis(25)),
+            lease: Duration(std::time::Duration::from_millis(250)),
+            max_changes_per_call: 1000,
         }
     }
 }
@@ -374,6 +406,27 @@ impl Config {
             return Err(invalid(
                 "redis.url",
                 "must be a redis:// or unix:// URL (TLS to Redis is left to the mesh), or empty for in-process state".into(),
+            ));
+        }
+        let p = &self.permission;
+        if p.sync_interval.0 < std::time::Duration::from_millis(1)
+            || p.sync_interval.0 > std::time::Duration::from_secs(10)
+        {
+            return Err(invalid(
+                "permission.sync_interval",
+                "must be between 1ms and 10s".into(),
+            ));
+        }
+        if p.lease.0 < p.sync_interval.0 * 2 || p.lease.0 > std::time::Duration::from_secs(60) {
+            return Err(invalid(
+                "permission.lease",
+                "must be at least twice permission.sync_interval and at most 1m".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&p.max_changes_per_call) {
+            return Err(invalid(
+                "permission.max_changes_per_call",
+                "must be between 1 and 100000".into(),
             ));
         }
         let a = &self.auth;

@@ -51,8 +51,13 @@ pub fn app(service: Service, routes: Router) -> Router {
         )
         .route("/readyz", get(readyz).with_state(checks))
         .route("/metrics", get(metrics_text));
+    // A gRPC-only service has no routes of its own (axum refuses a route layer then).
+    let routes = if routes.has_routes() {
+        routes.route_layer(middleware::from_fn(tag_route))
+    } else {
+        routes
+    };
     routes
-        .route_layer(middleware::from_fn(tag_route))
         .merge(ops)
         .fallback(|| async { ApiError::not_found() })
         .layer(middleware::from_fn_with_state(name, observe))
