@@ -222,6 +222,14 @@ pub async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // No Nagle: a response's last small segment must not wait for the peer's delayed ACK
+    // (a 40 ms stall per response otherwise).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
