@@ -49,6 +49,8 @@ pub struct Cache {
     per_shard: usize,
     /// Every change up to this revision has been applied.
     synced: AtomicU64,
+    /// The newest revision this cache has heard of (log reads and database reads).
+    high_water: AtomicU64,
     /// When the read of the change log that produced `synced` started (ns since `base`;
     /// 0: never).
     lease_from: AtomicU64,
@@ -76,6 +78,7 @@ impl Cache {
             hasher: RandomState::new(),
             per_shard,
             synced: AtomicU64::new(0),
+            high_water: AtomicU64::new(0),
             lease_from: AtomicU64::new(0),
             base: Instant::now(),
             lease,
@@ -135,6 +138,7 @@ impl Cache {
         if self.per_shard == 0 {
             return;
         }
+        self.high_water.fetch_max(revision, Ordering::AcqRel);
         let mut shard = self.shard(object);
         if shard.applied > revision {
             return;
@@ -183,6 +187,7 @@ impl Cache {
     /// Publish that every change up to `revision` is applied, from a read of the log that
     /// started at `started`.
     pub fn advance(&self, revision: u64, started: Instant) {
+        self.high_water.fetch_max(revision, Ordering::AcqRel);
         self.synced.fetch_max(revision, Ordering::AcqRel);
         self.lease_from
             .fetch_max(self.nanos(started), Ordering::AcqRel);
@@ -196,6 +201,15 @@ impl Cache {
             shard.entries = 0;
             shard.applied = shard.applied.max(revision);
         }
+    }
+
+    /// The database went back to `revision` (restored): forget everything and follow the
+    /// log from there. Every shard is marked as having applied the newest revision this
+    /// cache ever heard of, so no read from before the restore (numbered up to that) is
+    /// cached; caching resumes once new revisions pass it.
+    pub fn rewind(&self, revision: u64) {
+        self.reset(self.high_water.load(Ordering::Acquire).max(revision));
+        self.synced.store(revision, Ordering::Release);
     }
 
     /// Entries held.
@@ -257,13 +271,16 @@ mod tests {
 
     #[test]
     fn lease_expires_without_sync_and_capacity_is_bounded() {
-        let c = Cache::new(64, Some(Duration::from_millis(30)));
+        let c = Cache::new(64, Some(Duration::from_secs(600)));
         c.insert("f", "u", Rights::OWNER, 0);
         assert_eq!(c.get("f", "u", 0), None, "never synced: no lease");
         c.advance(0, Instant::now());
         assert!(c.get("f", "u", 0).is_some());
+        let short = Cache::new(64, Some(Duration::from_millis(20)));
+        short.insert("f", "u", Rights::OWNER, 0);
+        short.advance(0, Instant::now());
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.get("f", "u", 0), None, "lease ran out");
+        assert_eq!(short.get("f", "u", 0), None, "lease ran out");
         for i in 0..10_000 {
             c.insert(&format!("f{i}"), "u", Rights::OWNER, 0);
         }
@@ -273,5 +290,21 @@ mod tests {
         c.insert("g", "u", Rights::OWNER, 8);
         assert!(c.is_empty(), "reads older than a reset are not cached");
         assert!(Cache::new(0, None).get("f", "u", 0).is_none());
+    }
+
+    #[test]
+    fn a_restored_database_is_followed_from_its_revision() {
+        let c = Cache::new(100, None);
+        c.advance(100, Instant::now());
+        c.insert("f", "u", Rights::OWNER, 100);
+        c.rewind(40);
+        assert!(c.is_empty());
+        assert_eq!(
+            c.synced(),
+            40,
+            "later changes (41...) must be read, not skipped"
+        );
+        c.insert("f", "u", Rights::OWNER, 90);
+        assert!(c.is_empty(), "reads from before the restore are not cached");
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fms_platform::Config;
-use fms_platform::db::{Backend, Db, now_secs};
+use fms_platform::db::{Backend, Db};
 use tokio_util::sync::CancellationToken;
 
 use cache::{Cache, Change};
@@ -81,8 +81,8 @@ pub struct GrantSpec {
 
 /// Rows read from the change log at most per sync; a longer backlog resets the cache.
 const SYNC_BATCH: u32 = 10_000;
-/// Change-log rows are kept this long.
-const CHANGE_RETENTION_SECS: i64 = 3600;
+/// Change-log rows are kept at least this long.
+const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
 
 /// The service core, shared by the gRPC server and in-process callers.
 #[derive(Debug)]
@@ -94,6 +94,8 @@ pub struct Permissions {
     shared: bool,
     lease: Duration,
     max_changes: usize,
+    /// Tests: stop the background change-log reads (the lease then runs out).
+    sync_paused: std::sync::atomic::AtomicBool,
 }
 
 impl Permissions {
@@ -110,7 +112,14 @@ impl Permissions {
             shared,
             lease,
             max_changes: p.max_changes_per_call as usize,
+            sync_paused: false.into(),
         });
+        if shared {
+            // Writers elsewhere wait at least this long before a revoke returns.
+            this.store
+                .publish_lease(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX))
+                .await?;
+        }
         // Start from the current revision: nothing is cached yet.
         let start = Instant::now();
         let revision = this.store.revision().await?;
@@ -190,9 +199,13 @@ impl Permissions {
             .store
             .update(actor, file, &grant_set, &revoke_set)
             .await?;
+        // Every user named in a revoke is dropped from this process's cache even when the
+        // call changed nothing: it may be the retry of a revoke that committed and lost its
+        // answer, or it lost the race to an identical revoke still on its way back.
         let changes: Vec<Change> = updated
             .changed
             .iter()
+            .chain(revoke_set.keys())
             .map(|u| Change {
                 revision: updated.revision,
                 object: file.to_string(),
@@ -201,9 +214,8 @@ impl Permissions {
             .collect();
         self.cache.apply(&changes);
         if removes {
-            // Even a revoke that changed nothing waits: it may be the retry of one that
-            // committed and lost its answer.
-            self.commit_wait().await;
+            // For the same reason a revoke that changed nothing waits out the lease too.
+            self.commit_wait(updated.lease_ms).await;
         }
         Ok(updated.revision)
     }
@@ -278,27 +290,36 @@ impl Permissions {
     /// Remove a file and every grant on it. Deleting an unknown file is not an error.
     pub async fn delete_object(&self, file: &str) -> Result<u64, Error> {
         check_id(file, "file_id")?;
-        let revision = match self.store.delete_object(file).await? {
-            Some(revision) => {
-                self.cache.apply(&[Change {
-                    revision,
-                    object: file.to_string(),
-                    subject: String::new(),
-                }]);
-                revision
-            }
-            None => self.store.revision().await?,
+        let (revision, lease_ms) = match self.store.delete_object(file).await? {
+            (Some(revision), lease_ms) => (revision, lease_ms),
+            (None, lease_ms) => (self.store.revision().await?, lease_ms),
         };
-        self.commit_wait().await;
+        // Applied even when there was nothing to delete (a retry, or a lost race with a
+        // concurrent delete), as for revokes.
+        self.cache.apply(&[Change {
+            revision,
+            object: file.to_string(),
+            subject: String::new(),
+        }]);
+        self.commit_wait(lease_ms).await;
         Ok(revision)
     }
 
     /// With several replicas: wait until every replica's cache lease has renewed past this
-    /// commit (rule 3 of [`cache`]). A tenth more covers clock-rate differences.
-    async fn commit_wait(&self) {
+    /// commit (rule 3 of [`cache`]): the longer of this process's lease and the longest any
+    /// replica has published. A tenth more covers clock-rate differences.
+    async fn commit_wait(&self, published_ms: u64) {
         if self.shared {
-            tokio::time::sleep(self.lease + self.lease / 10).await;
+            let lease = self.lease.max(Duration::from_millis(published_ms));
+            tokio::time::sleep(lease + lease / 10).await;
         }
+    }
+
+    /// Tests only: stop (or resume) the background change-log reads.
+    #[doc(hidden)]
+    pub fn pause_sync(&self, paused: bool) {
+        self.sync_paused
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Read the change log once: apply what changed since the last read and renew the lease.
@@ -310,9 +331,12 @@ impl Permissions {
             .cache
             .lease_age()
             .is_none_or(|age| self.shared && age > self.lease);
-        if current < synced || stale {
-            // The database went back in time (a restore), or this process could not follow
-            // the log for longer than its lease: start over.
+        if current < synced {
+            // The database went back in time (a restore or a failover that lost commits):
+            // start over from its revision, which later changes will number upwards from.
+            self.cache.rewind(current);
+        } else if stale {
+            // This process could not follow the log for longer than its lease: start over.
             self.cache.reset(current);
         } else if current > synced {
             let changes = self.store.changes(synced, current, SYNC_BATCH + 1).await?;
@@ -378,6 +402,9 @@ pub async fn start(
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                if perms.sync_paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 match perms.sync().await {
                     Ok(()) if failing => {
                         failing = false;
@@ -398,16 +425,29 @@ pub async fn start(
     {
         let perms = perms.clone();
         tokio::spawn(async move {
+            // Prune by revision, timed on this process's monotonic clock (no wall clock, no
+            // other machine's clock): rows up to the revision seen an hour ago go. Every live
+            // replica has read them long since, or reset its cache (its lease ran out).
+            let mut seen: std::collections::VecDeque<(Instant, u64)> = Default::default();
             let mut tick = tokio::time::interval(Duration::from_secs(600));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = perms
-                    .store
-                    .prune_changes(now_secs() - CHANGE_RETENTION_SECS)
-                    .await
+                match perms.store.revision().await {
+                    Ok(r) => seen.push_back((Instant::now(), r)),
+                    Err(_) => continue,
+                }
+                let mut upto = None;
+                while let Some((at, r)) = seen.front().copied()
+                    && at.elapsed() >= CHANGE_RETENTION
+                {
+                    upto = Some(r);
+                    seen.pop_front();
+                }
+                if let Some(upto) = upto
+                    && let Err(e) = perms.store.prune_changes(upto).await
                 {
                     tracing::warn!(error = %e, "cannot prune the permission change log");
                 }

@@ -6,17 +6,23 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use fms_platform::db::{Backend, Db, Migration, now_secs};
+use fms_platform::db::{Backend, Db, Migration, is_unique_violation, now_secs};
 use sqlx::{Any, Row, Transaction};
 
 use crate::Error;
 use crate::cache::Change;
 use crate::model::{Right, Rights};
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/0001_permission.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../migrations/0001_permission.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../migrations/0002_lease.sql"),
+    },
+];
 
 /// Objects are files today; the column leaves room for folders.
 const FILE: &str = "file";
@@ -24,7 +30,7 @@ const FILE: &str = "file";
 const USER: &str = "user";
 
 /// Rows per multi-row INSERT in bulk loads (keeps statements under every driver's
-/// parameter limit: 7 parameters a row).
+/// parameter limit: at most 8 parameters a row, 4,000 a statement).
 const BULK_ROWS: usize = 500;
 
 fn db_err(e: sqlx::Error) -> Error {
@@ -42,6 +48,8 @@ pub struct Updated {
     pub revision: u64,
     /// Subjects whose rights changed.
     pub changed: Vec<String>,
+    /// The longest lease any replica has published (ms), read under the writers' lock.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -69,15 +77,28 @@ impl Store {
         .map_err(db_err)
     }
 
-    /// Take the writers' lock and the next revision.
-    async fn bump(tx: &mut Transaction<'static, Any>) -> Result<u64, Error> {
+    /// Take the writers' lock and the next revision; also the longest published lease.
+    async fn bump(tx: &mut Transaction<'static, Any>) -> Result<(u64, u64), Error> {
         let row = sqlx::query(
-            "UPDATE perm_meta SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+            "UPDATE perm_meta SET revision = revision + 1 WHERE id = 1 RETURNING revision, lease_ms",
         )
         .fetch_one(&mut **tx)
         .await
         .map_err(db_err)?;
-        Ok(rev(row.try_get::<i64, _>(0).map_err(db_err)?))
+        Ok((
+            rev(row.try_get::<i64, _>(0).map_err(db_err)?),
+            rev(row.try_get::<i64, _>(1).map_err(db_err)?),
+        ))
+    }
+
+    /// Record that a replica runs with a cache lease of `ms` (raises the published maximum).
+    pub(crate) async fn publish_lease(&self, ms: u64) -> Result<(), Error> {
+        sqlx::query("UPDATE perm_meta SET lease_ms = $1 WHERE id = 1 AND lease_ms < $1")
+            .bind(i64::try_from(ms).unwrap_or(i64::MAX))
+            .execute(&self.db.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(())
     }
 
     pub async fn revision(&self) -> Result<u64, Error> {
@@ -181,7 +202,7 @@ impl Store {
 
     /// Record a new file owned by `user`. Idempotent for the same owner; a file owned by
     /// someone else is a conflict.
-    pub async fn create_owner(&self, file: &str, user: &str) -> Result<(u64, bool), Error> {
+    pub(crate) async fn create_owner(&self, file: &str, user: &str) -> Result<(u64, bool), Error> {
         let mut tx = self.begin().await?;
         match Self::create_owner_in(&mut tx, file, user).await {
             Ok(Some(revision)) => {
@@ -211,7 +232,7 @@ impl Store {
         file: &str,
         user: &str,
     ) -> Result<Option<u64>, Error> {
-        let revision = Self::bump(tx).await?;
+        let (revision, _) = Self::bump(tx).await?;
         if let Some(owner) = Self::owner_in(tx, file).await? {
             return if owner == user {
                 Ok(None)
@@ -341,7 +362,7 @@ impl Store {
 
     /// Grant and revoke, as `actor`. `grants` and `revokes` are already merged per user and
     /// checked for contradictions.
-    pub async fn update(
+    pub(crate) async fn update(
         &self,
         actor: &str,
         file: &str,
@@ -354,12 +375,13 @@ impl Store {
                 tx.commit().await.map_err(db_err)?;
                 Ok(u)
             }
-            Ok(_) => {
+            Ok(u) => {
                 // Nothing to do: give back the lock and the revision number.
                 Self::rollback(tx).await?;
                 Ok(Updated {
                     revision: self.revision().await?,
                     changed: Vec::new(),
+                    lease_ms: u.lease_ms,
                 })
             }
             Err(e) => {
@@ -377,7 +399,7 @@ impl Store {
         grants: &BTreeMap<String, Rights>,
         revokes: &BTreeMap<String, Rights>,
     ) -> Result<Updated, Error> {
-        let revision = Self::bump(tx).await?;
+        let (revision, lease_ms) = Self::bump(tx).await?;
         let Some(owner) = Self::owner_in(tx, file).await? else {
             return Err(Error::NotFound(format!("file {file} not found")));
         };
@@ -449,20 +471,25 @@ impl Store {
         for user in &changed {
             Self::log(tx, revision, file, user, now).await?;
         }
-        Ok(Updated { revision, changed })
+        Ok(Updated {
+            revision,
+            changed,
+            lease_ms,
+        })
     }
 
-    /// Remove a file and every tuple on it. `None` if there was no such file.
-    pub async fn delete_object(&self, file: &str) -> Result<Option<u64>, Error> {
+    /// Remove a file and every tuple on it. The revision is `None` if there was no such
+    /// file; the second value is the longest published lease (ms).
+    pub(crate) async fn delete_object(&self, file: &str) -> Result<(Option<u64>, u64), Error> {
         let mut tx = self.begin().await?;
         match Self::delete_in(&mut tx, file).await {
-            Ok(Some(revision)) => {
+            Ok((Some(revision), lease_ms)) => {
                 tx.commit().await.map_err(db_err)?;
-                Ok(Some(revision))
+                Ok((Some(revision), lease_ms))
             }
-            Ok(None) => {
+            Ok((None, lease_ms)) => {
                 Self::rollback(tx).await?;
-                Ok(None)
+                Ok((None, lease_ms))
             }
             Err(e) => {
                 // The first error is the one to report.
@@ -475,8 +502,8 @@ impl Store {
     async fn delete_in(
         tx: &mut Transaction<'static, Any>,
         file: &str,
-    ) -> Result<Option<u64>, Error> {
-        let revision = Self::bump(tx).await?;
+    ) -> Result<(Option<u64>, u64), Error> {
+        let (revision, lease_ms) = Self::bump(tx).await?;
         let gone =
             sqlx::query("DELETE FROM perm_objects WHERE object_type = $1 AND object_id = $2")
                 .bind(FILE)
@@ -484,17 +511,19 @@ impl Store {
                 .execute(&mut **tx)
                 .await
                 .map_err(db_err)?;
-        if gone.rows_affected() == 0 {
-            return Ok(None);
+        // Tuples go whether or not the object row was there (no orphan can outlive a delete).
+        let tuples =
+            sqlx::query("DELETE FROM perm_tuples WHERE object_type = $1 AND object_id = $2")
+                .bind(FILE)
+                .bind(file)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_err)?;
+        if gone.rows_affected() == 0 && tuples.rows_affected() == 0 {
+            return Ok((None, lease_ms));
         }
-        sqlx::query("DELETE FROM perm_tuples WHERE object_type = $1 AND object_id = $2")
-            .bind(FILE)
-            .bind(file)
-            .execute(&mut **tx)
-            .await
-            .map_err(db_err)?;
         Self::log(tx, revision, file, "", now_secs()).await?;
-        Ok(Some(revision))
+        Ok((Some(revision), lease_ms))
     }
 
     /// Changes after `after` up to `upto`, at most `limit` (in revision order).
@@ -521,10 +550,10 @@ impl Store {
             .map_err(db_err)
     }
 
-    /// Forget change-log rows older than `before` (seconds since the epoch).
-    pub async fn prune_changes(&self, before: i64) -> Result<u64, Error> {
-        let done = sqlx::query("DELETE FROM perm_changes WHERE changed_at < $1")
-            .bind(before)
+    /// Forget change-log rows up to revision `upto`.
+    pub(crate) async fn prune_changes(&self, upto: u64) -> Result<u64, Error> {
+        let done = sqlx::query("DELETE FROM perm_changes WHERE revision <= $1")
+            .bind(upto as i64)
             .execute(&self.db.pool)
             .await
             .map_err(db_err)?;
@@ -539,8 +568,32 @@ impl Store {
         owned: &[(String, String)],
         grants: &[(String, String, Right)],
     ) -> Result<u64, Error> {
+        let files: HashSet<&str> = owned.iter().map(|(f, _)| f.as_str()).collect();
+        if let Some((f, _, _)) = grants.iter().find(|(f, _, _)| !files.contains(f.as_str())) {
+            return Err(Error::invalid(format!(
+                "bulk load: grant on {f}, which is not among the files loaded"
+            )));
+        }
         let mut tx = self.begin().await?;
-        let revision = Self::bump(&mut tx).await?;
+        let result = Self::bulk_load_in(&mut tx, owned, grants).await;
+        match result {
+            Ok(revision) => {
+                tx.commit().await.map_err(db_err)?;
+                Ok(revision)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn bulk_load_in(
+        tx: &mut Transaction<'static, Any>,
+        owned: &[(String, String)],
+        grants: &[(String, String, Right)],
+    ) -> Result<u64, Error> {
+        let (revision, _) = Self::bump(tx).await?;
         let now = now_secs();
         for chunk in owned.chunks(BULK_ROWS) {
             let mut sql = String::from(
@@ -560,7 +613,7 @@ impl Store {
                     b + 5
                 ));
             }
-            sql.push_str(" ON CONFLICT DO NOTHING");
+            // No ON CONFLICT: a file that already has an owner fails the whole load.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (file, owner) in chunk {
                 q = q
@@ -570,7 +623,15 @@ impl Store {
                     .bind(now)
                     .bind(revision as i64);
             }
-            q.execute(&mut *tx).await.map_err(db_err)?;
+            q.execute(&mut **tx).await.map_err(|e| {
+                if is_unique_violation(&e) {
+                    Error::AlreadyExists(
+                        "bulk load: a file already exists (or is listed twice)".into(),
+                    )
+                } else {
+                    db_err(e)
+                }
+            })?;
         }
         let tuples: Vec<(&str, &str, &str)> = owned
             .iter()
@@ -610,11 +671,10 @@ impl Store {
                     .bind(now)
                     .bind(revision as i64);
             }
-            q.execute(&mut *tx).await.map_err(db_err)?;
+            q.execute(&mut **tx).await.map_err(db_err)?;
         }
         // One log row that names no object: every cache starts over.
-        Self::log(&mut tx, revision, "", "", now).await?;
-        tx.commit().await.map_err(db_err)?;
+        Self::log(tx, revision, "", "", now).await?;
         Ok(revision)
     }
 }

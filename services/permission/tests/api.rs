@@ -532,29 +532,55 @@ async fn listings_page_to_the_end_in_a_stable_order() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument);
+        // Bulk loads add files; they never take over existing ones or grant on unknown ones.
+        let again = perms
+            .store()
+            .bulk_load(&[("f00000".into(), other.clone())], &[])
+            .await;
+        assert!(
+            matches!(again, Err(fms_permission::Error::AlreadyExists(_))),
+            "{again:?}"
+        );
+        let orphan = perms
+            .store()
+            .bulk_load(
+                &[("new-file".into(), me.clone())],
+                &[("no-such-file".into(), other.clone(), R::Read)],
+            )
+            .await;
+        assert!(
+            matches!(orphan, Err(fms_permission::Error::Invalid(_))),
+            "{orphan:?}"
+        );
+        let d = perms.check(me, "f00000", R::Read, 0).await.unwrap();
+        assert!(d.allowed, "the failed loads changed nothing");
+        assert!(
+            !perms
+                .check(other, "f00000", R::Read, 0)
+                .await
+                .unwrap()
+                .allowed
+        );
     }
 }
 
 /// A revision from one replica is honoured by another at once (no wait for its change-log
-/// read), and a revoke that returned is seen by a replica that has not read the log since.
+/// read), and a revoke that returned is honoured by a replica that has not read the log
+/// since: B holds a fresh lease and a cached allow, its log reads are paused, A revokes —
+/// and B answers no, because the revoke returned only after B's lease ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revisions_are_honoured_across_replicas() {
-    let env = Env::new(Backend::Postgres).await;
+    let mut env = Env::new(Backend::Postgres).await;
+    // A lease long enough that B's cache is certainly still valid when A's revoke commits.
+    env.cfg.permission.lease = fms_platform::units::Duration(Duration::from_millis(300));
     let a = env.start().await;
-    // B reads the log every 10 s: only the lease keeps it honest.
-    let mut slow = env.cfg.clone();
-    slow.permission.sync_interval = fms_platform::units::Duration(Duration::from_secs(10));
-    slow.permission.lease = env.cfg.permission.lease;
-    let b = fms_permission::start(&slow, env.second_db().await, env.stop.clone())
-        .await
-        .unwrap();
+    let b = env.replica().await;
     let u = env.users(2).await;
-    for _ in 0..5 {
+    for _ in 0..4 {
         let f = file_id();
         a.create_owner(&f, &u[0]).await.unwrap();
         // B caches "no" for the reader...
-        let d = b.check(&u[1], &f, R::Read, 0).await.unwrap();
-        assert!(!d.allowed);
+        assert!(!b.check(&u[1], &f, R::Read, 0).await.unwrap().allowed);
         let spec = |rights: Vec<R>| {
             vec![fms_permission::GrantSpec {
                 user_id: u[1].clone(),
@@ -570,8 +596,14 @@ async fn revisions_are_honoured_across_replicas() {
         assert!(d.allowed && d.revision >= r, "{d:?}");
         let listed = b.list(&u[1], None, "", 10, r).await.unwrap();
         assert!(listed.files.iter().any(|x| x.file_id == f));
-        // B now caches "yes"; A revokes; the moment the call returns, B says no.
-        assert!(b.check(&u[1], &f, R::Read, r).await.unwrap().allowed);
+        // B: a fresh lease, then no more log reads; its cache answers yes.
+        b.pause_sync(true);
+        b.sync().await.unwrap();
+        assert!(b.check(&u[1], &f, R::Read, 0).await.unwrap().allowed);
+        assert!(
+            b.cache().get(&f, &u[1], 0).is_some(),
+            "B answers from its cache"
+        );
         a.update(&u[0], &f, &[], &spec(vec![R::Read]))
             .await
             .unwrap();
@@ -579,6 +611,40 @@ async fn revisions_are_honoured_across_replicas() {
             !b.check(&u[1], &f, R::Read, 0).await.unwrap().allowed,
             "stale allow after revoke"
         );
+        b.pause_sync(false);
+    }
+}
+
+/// One process (the embedded database): a revoke is out of the cache before it returns, with
+/// no lease and no log read involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_revoke_is_seen_at_once() {
+    let env = Env::new(Backend::Embedded).await;
+    let a = env.start().await;
+    a.pause_sync(true);
+    let u = env.users(2).await;
+    let spec = |rights: Vec<R>| {
+        vec![fms_permission::GrantSpec {
+            user_id: u[1].clone(),
+            rights,
+        }]
+    };
+    for _ in 0..10 {
+        let f = file_id();
+        a.create_owner(&f, &u[0]).await.unwrap();
+        a.update(&u[0], &f, &spec(vec![R::Read, R::Write]), &[])
+            .await
+            .unwrap();
+        assert!(a.check(&u[1], &f, R::Read, 0).await.unwrap().allowed);
+        assert!(a.cache().get(&f, &u[1], 0).is_some());
+        a.update(&u[0], &f, &[], &spec(vec![R::Read]))
+            .await
+            .unwrap();
+        assert!(!a.check(&u[1], &f, R::Read, 0).await.unwrap().allowed);
+        assert!(a.check(&u[1], &f, R::Write, 0).await.unwrap().allowed);
+        a.delete_object(&f).await.unwrap();
+        assert!(!a.check(&u[1], &f, R::Write, 0).await.unwrap().allowed);
+        assert!(!a.check(&u[0], &f, R::Read, 0).await.unwrap().allowed);
     }
 }
 
@@ -617,8 +683,9 @@ impl Relay {
     }
 
     fn cut(&self) {
+        let mut conns = self.conns.lock().unwrap();
         self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for h in self.conns.lock().unwrap().drain(..) {
+        for h in conns.drain(..) {
             h.abort();
         }
     }
