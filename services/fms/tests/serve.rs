@@ -555,7 +555,7 @@ async fn permission_replicas_never_allow_after_a_revoke_returned() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(
-        cached > 1000.0,
+        cached > 100.0,
         "B answered {cached} checks from its cache:\n{metrics}"
     );
 }
