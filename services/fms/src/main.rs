@@ -11,7 +11,6 @@ use fms_engine::{FileId, FileInfo, FileMeta, IoMode, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-mod range;
 mod server;
 
 /// fms — a content-addressed file store.
@@ -312,7 +311,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let id = parse_id(&id)?;
             let meta = store.stat_file(id)?;
             let (start, end) = match range {
-                Some(r) => range::parse(&r, meta.size).map_err(|e| fail(4, e))?,
+                Some(r) => fms_platform::range::parse(&r, meta.size).map_err(|e| fail(4, e))?,
                 None => (0, meta.size),
             };
             let bar = progress(Some(end - start), "get");

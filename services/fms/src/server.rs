@@ -70,14 +70,24 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
         );
     }
     let mut api = axum::Router::new();
+    let mut authenticator = None;
     if role.runs_auth() {
         let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
+        authenticator = Some(auth.authenticator.clone());
         api = api.merge(fms_auth::api::routes(auth));
     }
     let mut grpc_services = GrpcServices::new();
     if role.runs_permission() {
         let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
-        grpc_services = grpc_services.with(fms_permission::grpc::Service::server(perms));
+        grpc_services = grpc_services.with(fms_permission::grpc::Service::server(perms.clone()));
+        if role == Role::All
+            && let Some(authenticator) = authenticator.clone()
+        {
+            // The picker asks the permission service in this process.
+            let picker =
+                fms_picker::start(&cfg, db.clone(), fms_picker::authz::Authz::Local(perms)).await?;
+            api = api.merge(fms_picker::api::routes(picker, authenticator));
+        }
     }
     let mut checks = Vec::new();
     {

@@ -36,6 +36,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The permission service.
     pub permission: PermissionConfig,
+    /// The picker: uploads, downloads, file metadata.
+    pub picker: PickerConfig,
 }
 
 impl Default for Config {
@@ -50,6 +52,29 @@ impl Default for Config {
             redis: RedisConfig::default(),
             auth: AuthConfig::default(),
             permission: PermissionConfig::default(),
+            picker: PickerConfig::default(),
+        }
+    }
+}
+
+/// Picker settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PickerConfig {
+    /// Largest file accepted (413 beyond it).
+    pub max_file_size: ByteSize,
+    /// Bytes each user may own, counted by file size whatever dedup saves (0: no quota).
+    pub quota: ByteSize,
+    /// An upload that sends nothing for this long is cut off (408).
+    pub idle_timeout: Duration,
+}
+
+impl Default for PickerConfig {
+    fn default() -> Self {
+        PickerConfig {
+            max_file_size: ByteSize(5 << 30),
+            quota: ByteSize(10 << 30),
+            idle_timeout: Duration(std::time::Duration::from_secs(30)),
         }
     }
 }
@@ -406,6 +431,19 @@ impl Config {
             return Err(invalid(
                 "redis.url",
                 "must be a redis:// or unix:// URL (TLS to Redis is left to the mesh), or empty for in-process state".into(),
+            ));
+        }
+        if self.picker.max_file_size.0 == 0 {
+            return Err(invalid(
+                "picker.max_file_size",
+                "must be at least 1B".into(),
+            ));
+        }
+        let idle = self.picker.idle_timeout.0;
+        if idle < std::time::Duration::from_secs(1) || idle > std::time::Duration::from_secs(3600) {
+            return Err(invalid(
+                "picker.idle_timeout",
+                "must be between 1s and 1h".into(),
             ));
         }
         let p = &self.permission;

@@ -15,6 +15,7 @@ pub mod grpc;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod range;
 pub mod units;
 
 pub use config::Config;

@@ -1,0 +1,698 @@
+//! The picker's REST API (`docs/api/picker.md`). Every route is authenticated; every file
+//! access is authorized by the permission service, and a file the caller may not read is
+//! answered exactly like a file that does not exist (404).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use fms_auth::verify::{Authenticated, Authenticator};
+use fms_permission::model::{Right, Rights};
+use fms_platform::error::{ApiError, ApiJson};
+use fms_platform::logging::rfc3339;
+use fms_platform::range::{HeaderRange, from_header};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Picker;
+use crate::authz::AuthzError;
+use crate::meta::FileRow;
+
+type Svc = State<Arc<Picker>>;
+
+/// Largest JSON body of the small endpoints (rename, share).
+const JSON_LIMIT: usize = 16 * 1024;
+/// Bytes looked at to tell the content type.
+const SNIFF_LEN: usize = 8192;
+/// Longest file name, in bytes.
+pub const MAX_NAME_LEN: usize = 255;
+
+pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router {
+    let json_routes = Router::new()
+        .route(
+            "/api/files/{id}",
+            get(file_meta).patch(rename).delete(delete_file),
+        )
+        .route("/api/files/share", post(share))
+        .route("/api/files", get(list))
+        .route("/api/files/download", post(not_yet_import))
+        .route("/api/transform/{id}", post(not_yet_transform))
+        .route("/api/jobs/{id}", get(job))
+        .layer(DefaultBodyLimit::max(JSON_LIMIT));
+    let stream_routes = Router::new()
+        .route("/api/upload", post(upload))
+        .route("/api/files/{id}/content", get(content))
+        // Uploads are limited by `picker.max_file_size` and the quota, counted as they stream.
+        .layer(DefaultBodyLimit::disable());
+    json_routes
+        .merge(stream_routes)
+        .layer(Extension(authenticator))
+        .with_state(picker)
+}
+
+impl From<AuthzError> for ApiError {
+    fn from(e: AuthzError) -> Self {
+        match e {
+            AuthzError::NotFound => ApiError::not_found(),
+            AuthzError::Denied(m) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
+            AuthzError::Invalid(m) => ApiError::bad_request(m),
+            AuthzError::Unavailable(m) => {
+                tracing::warn!(error = %m, "permission service unavailable");
+                ApiError::unavailable("authorization is unavailable; try again", 1)
+            }
+        }
+    }
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "metadata store error");
+    ApiError::unavailable("the metadata store is unavailable; try again", 1)
+}
+
+/// A file name users can see: 1..=255 bytes, no path separators, no control characters,
+/// not `.` or `..`.
+pub fn check_name(name: &str) -> Result<&str, ApiError> {
+    let bad = |why: &str| Err(ApiError::bad_request(format!("invalid file name: {why}")));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return bad("longer than 255 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("`.` and `..` are not names");
+    }
+    if name.contains(['/', '\\']) {
+        return bad("no path separators (`/`, `\\`)");
+    }
+    if name.chars().any(char::is_control) {
+        return bad("no control characters");
+    }
+    Ok(name)
+}
+
+/// The `filename` of a `Content-Disposition` header (`filename*=UTF-8''...` preferred).
+fn disposition_name(value: &str) -> Option<String> {
+    let mut plain = None;
+    for part in value.split(';').map(str::trim) {
+        let Some((k, v)) = part.split_once('=') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "filename*" => {
+                let v = v.trim();
+                let rest = v
+                    .strip_prefix("UTF-8''")
+                    .or_else(|| v.strip_prefix("utf-8''"))?;
+                return percent_decode(rest);
+            }
+            "filename" => plain = Some(v.trim().trim_matches('"').to_string()),
+            _ => {}
+        }
+    }
+    plain
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266).
+fn content_disposition(name: &str) -> HeaderValue {
+    let ascii: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+/// The content type told by the bytes, never by the client.
+fn sniff(head: &[u8]) -> String {
+    if let Some(t) = infer::get(head) {
+        return t.mime_type().to_string();
+    }
+    if head.is_empty() {
+        return "application/octet-stream".into();
+    }
+    // Text: valid UTF-8 (a character cut at the end of the sample is fine), no NUL.
+    let valid = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none() && head.len() >= SNIFF_LEN,
+    };
+    if valid && !head.contains(&0) {
+        "text/plain; charset=utf-8".into()
+    } else {
+        "application/octet-stream".into()
+    }
+}
+
+fn rights_json(r: Rights) -> Value {
+    json!(r.rights().iter().map(|x| x.relation()).collect::<Vec<_>>())
+}
+
+fn file_json(f: &FileRow, rights: Rights) -> Value {
+    json!({
+        "id": f.id,
+        "name": f.name,
+        "size": f.size,
+        "content_type": f.content_type,
+        "content_hash": f.content_hash,
+        "owner_id": f.owner_id,
+        "owned": rights.is_owner(),
+        "shared_with_me": !rights.is_owner(),
+        "rights": rights_json(rights),
+        "created_at": rfc3339(f.created_at / 1000, (f.created_at % 1000) as u32),
+        "updated_at": rfc3339(f.updated_at / 1000, (f.updated_at % 1000) as u32),
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "file_too_large",
+        format!("files may be at most {limit} bytes"),
+    )
+}
+
+fn over_quota(quota: u64, used: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "quota_exceeded",
+        format!("storage quota of {quota} bytes exceeded ({used} bytes in use)"),
+    )
+}
+
+/// `POST /api/upload`: the request body is the file, streamed into the engine.
+async fn upload(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let user = claims.sub;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.to_ascii_lowercase().starts_with("multipart/") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "multipart uploads are not accepted yet: send the file as the request body",
+        ));
+    }
+    let name = match q.name.or_else(|| {
+        headers
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(disposition_name)
+    }) {
+        Some(n) => check_name(&n)?.to_string(),
+        None => "untitled".to_string(),
+    };
+    let max = p.cfg.max_file_size.0;
+    let quota = p.cfg.quota.0;
+    let used = p.meta.usage(&user).await.map_err(db_error)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        if n > max {
+            return Err(too_large(max));
+        }
+        if quota > 0 && used.saturating_add(n) > quota {
+            return Err(over_quota(quota, used));
+        }
+    }
+    let room = if quota > 0 {
+        quota.saturating_sub(used)
+    } else {
+        u64::MAX
+    };
+    let idle = p.cfg.idle_timeout.0;
+    let mut ingest = p.engine.ingest();
+    let mut stream = body.into_data_stream();
+    let mut size = 0u64;
+    let mut head = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(idle, stream.next()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    format!("no upload data for {}s", idle.as_secs()),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::info!(error = %e, "upload body ended early");
+                return Err(ApiError::bad_request("the upload was interrupted"));
+            }
+            Ok(Some(Ok(b))) => b,
+        };
+        size += frame.len() as u64;
+        if size > max {
+            return Err(too_large(max));
+        }
+        if size > room {
+            return Err(over_quota(quota, used));
+        }
+        if head.len() < SNIFF_LEN {
+            let take = (SNIFF_LEN - head.len()).min(frame.len());
+            head.extend_from_slice(&frame[..take]);
+        }
+        ingest.write(frame).await.map_err(ApiError::internal)?;
+    }
+    if declared.is_some_and(|n| n != size) {
+        return Err(ApiError::bad_request(
+            "the body is shorter or longer than its Content-Length",
+        ));
+    }
+    let info = ingest.finish().await.map_err(ApiError::internal)?;
+    let hash = hex::encode(info.meta.hash);
+    let new_bytes = if p
+        .meta
+        .owner_has_content(&user, &hash)
+        .await
+        .map_err(db_error)?
+    {
+        0
+    } else {
+        info.meta.size
+    };
+    let now = now_ms();
+    let row = FileRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        owner_id: user.clone(),
+        name,
+        size: info.meta.size,
+        content_type: sniff(&head),
+        content_hash: hash,
+        engine_id: info.id.to_string(),
+        created_at: now,
+        updated_at: now,
+    };
+    // Metadata, then the owner grant; undo both if either fails (no file without owner).
+    if let Err(e) = p.meta.insert(&row).await {
+        let _ = p.engine.delete(info.id).await;
+        return Err(db_error(e));
+    }
+    if let Err(e) = p.authz.create_owner(&row.id, &user).await {
+        let _ = p.meta.delete(&row.id).await;
+        let _ = p.engine.delete(info.id).await;
+        return Err(e.into());
+    }
+    metrics::counter!("picker_uploads_total").increment(1);
+    metrics::counter!("picker_upload_bytes_total").increment(row.size);
+    let mut body = file_json(&row, Rights::OWNER);
+    body["new_bytes"] = json!(new_bytes);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The row of a file `user` holds `right` on; 404 if they cannot read it, 403 if they can
+/// read it but lack `right`.
+async fn authorized(
+    p: &Picker,
+    user: &str,
+    id: &str,
+    right: Right,
+) -> Result<(FileRow, Rights), ApiError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::not_found());
+    }
+    let rights = p.authz.rights(user, id).await?;
+    if !rights.allows(Right::Read) && !rights.allows(right) {
+        return Err(ApiError::not_found());
+    }
+    if !rights.allows(right) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this needs the {} right on the file", right.relation()),
+        ));
+    }
+    let row = p
+        .meta
+        .get(id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(ApiError::not_found)?;
+    Ok((row, rights))
+}
+
+async fn file_meta(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (row, rights) = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    Ok(Json(file_json(&row, rights)))
+}
+
+/// `GET`/`HEAD /api/files/:id/content`: the bytes, whole or one range.
+async fn content(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (row, _) = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    let etag = format!("\"{}\"", row.content_hash);
+    let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
+    let if_none_match = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok());
+    if if_none_match.is_some_and(|v| {
+        v.trim() == "*"
+            || v.split(',')
+                .any(|t| t.trim().trim_start_matches("W/") == etag)
+    }) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag_value)]).into_response());
+    }
+    let size = row.size;
+    // If-Range: the range only if the client's copy is this content.
+    let range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) if range_ok => from_header(v, size),
+        _ => HeaderRange::Whole,
+    };
+    let (status, start, end) = match range {
+        HeaderRange::Whole => (StatusCode::OK, 0, size),
+        HeaderRange::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e),
+        HeaderRange::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("the file has {size} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let mut builder = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, &row.content_type)
+        .header(header::CONTENT_LENGTH, end - start)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::ETAG, etag_value)
+        .header(header::CONTENT_DISPOSITION, content_disposition(&row.name))
+        .header(header::CACHE_CONTROL, "private, no-cache")
+        .header("x-content-type-options", "nosniff");
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end - 1),
+        );
+    }
+    let body = if method == Method::HEAD || start == end {
+        Body::empty()
+    } else {
+        let engine_id = row
+            .engine_id
+            .parse()
+            .map_err(|e| ApiError::internal(format!("file {} has a bad engine id: {e}", row.id)))?;
+        metrics::counter!("picker_download_bytes_total").increment(end - start);
+        Body::from_stream(p.engine.read(engine_id, start, end))
+    };
+    builder.body(body).map_err(ApiError::internal)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+    q: Option<String>,
+    sort: Option<String>,
+}
+
+/// `GET /api/files`: the files the caller may read, owned and shared, newest last (ids are
+/// UUIDv7), one page at a time.
+async fn list(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if q.q.is_some() || q.sort.is_some() {
+        return Err(ApiError::bad_request(
+            "q and sort are not supported yet: pages come in creation order",
+        ));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    let page = p
+        .authz
+        .list(&claims.sub, q.cursor.as_deref().unwrap_or(""), limit)
+        .await
+        .map_err(|e| match e {
+            AuthzError::Invalid(_) => ApiError::bad_request("invalid cursor"),
+            e => e.into(),
+        })?;
+    let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
+    let rows = p.meta.get_many(&ids).await.map_err(db_error)?;
+    let by_id: std::collections::HashMap<&str, &FileRow> =
+        rows.iter().map(|r| (r.id.as_str(), r)).collect();
+    let items: Vec<Value> = page
+        .files
+        .iter()
+        // A file whose row is gone (deleted a moment ago) is skipped.
+        .filter_map(|(id, rights)| by_id.get(id.as_str()).map(|r| file_json(r, *rights)))
+        .collect();
+    Ok(Json(json!({
+        "items": items,
+        "next_cursor": if page.next.is_empty() { Value::Null } else { json!(page.next) },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    name: String,
+}
+
+async fn rename(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RenameBody>,
+) -> Result<Json<Value>, ApiError> {
+    let name = check_name(&body.name)?.to_string();
+    let (mut row, rights) = authorized(&p, &claims.sub, &id, Right::Write).await?;
+    let now = now_ms();
+    if !p.meta.rename(&id, &name, now).await.map_err(db_error)? {
+        return Err(ApiError::not_found());
+    }
+    row.name = name;
+    row.updated_at = now;
+    Ok(Json(file_json(&row, rights)))
+}
+
+async fn delete_file(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (row, _) = authorized(&p, &claims.sub, &id, Right::Delete).await?;
+    // Access goes first (nobody reads a half-deleted file), then the row, then the bytes.
+    p.authz.delete_object(&id).await?;
+    p.meta.delete(&id).await.map_err(db_error)?;
+    if let Ok(engine_id) = row.engine_id.parse() {
+        match p.engine.delete(engine_id).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::error!(error = %e, file = %id, "engine delete failed; GC will not reclaim it until fixed")
+            }
+        }
+    }
+    metrics::counter!("picker_deletes_total").increment(1);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShareBody {
+    file_id: String,
+    with: String,
+    rights: Vec<String>,
+}
+
+/// `POST /api/files/share`: set a user's rights on a file to exactly the list given (an
+/// empty list revokes everything).
+async fn share(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    ApiJson(body): ApiJson<ShareBody>,
+) -> Result<Json<Value>, ApiError> {
+    let mut wanted = Rights::NONE;
+    for r in &body.rights {
+        let right = Right::ALL
+            .into_iter()
+            .find(|x| x.relation() == r)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "unknown right {r:?}: use read, write, delete, share"
+                ))
+            })?;
+        wanted = wanted.union(Rights::of(right));
+    }
+    let actor = claims.sub;
+    let (row, held) = authorized(&p, &actor, &body.file_id, Right::Share).await?;
+    let target = p
+        .users
+        .user_by_name(&body.with)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "account store error");
+            ApiError::unavailable("accounts are unavailable; try again", 1)
+        })?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "user_not_found",
+                format!("no user named {:?}", body.with),
+            )
+        })?;
+    if target.id == actor {
+        return Err(ApiError::bad_request("you cannot change your own rights"));
+    }
+    if target.id == row.owner_id {
+        return Err(ApiError::bad_request(
+            "the owner holds every right; the owner's rights cannot be changed",
+        ));
+    }
+    let grant: Vec<Right> = wanted.rights();
+    // Revoke what is not wanted — of the rights the actor could hand out at all.
+    let revoke: Vec<Right> = Right::ALL
+        .into_iter()
+        .filter(|r| !wanted.allows(*r) && held.allows(*r))
+        .collect();
+    let revision = p
+        .authz
+        .update(&actor, &row.id, &target.id, &grant, &revoke)
+        .await?;
+    Ok(Json(json!({
+        "file_id": row.id,
+        "with": target.username,
+        "rights": rights_json(wanted),
+        "revision": revision,
+    })))
+}
+
+async fn not_yet_import() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "imports are not available yet (they arrive with the downloader service)",
+    )
+}
+
+async fn not_yet_transform() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "transforms are not available yet (they arrive with the transformer service)",
+    )
+}
+
+/// No job exists until imports and transforms do.
+async fn job(Path(_id): Path<String>) -> ApiError {
+    ApiError::not_found()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_dispositions() {
+        assert!(check_name("report.pdf").is_ok());
+        assert!(check_name("résumé 2026.txt").is_ok());
+        for bad in ["", ".", "..", "a/b", "a\\b", "a\nb", "a\u{0}b"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name(&"x".repeat(256)).is_err());
+        assert_eq!(
+            disposition_name("attachment; filename=\"a b.txt\"").as_deref(),
+            Some("a b.txt")
+        );
+        assert_eq!(
+            disposition_name("attachment; filename=x; filename*=UTF-8''r%C3%A9sum%C3%A9.txt")
+                .as_deref(),
+            Some("résumé.txt")
+        );
+        let v = content_disposition("résumé \"x\".txt");
+        let s = v.to_str().unwrap();
+        assert!(s.contains("filename=\"r_sum_ _x_.txt\""), "{s}");
+        assert!(
+            s.contains("filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22.txt"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn sniffing_ignores_what_the_client_says() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), "image/png");
+        assert_eq!(sniff(b"%PDF-1.7\n"), "application/pdf");
+        assert_eq!(sniff(b"hello"), "text/plain; charset=utf-8");
+        assert_eq!(sniff(b"\0\x01\x02"), "application/octet-stream");
+        assert_eq!(sniff(b""), "application/octet-stream");
+    }
+}

@@ -1,0 +1,157 @@
+//! The chunk engine seen from async code. The engine is synchronous (its own pipeline
+//! threads, blocking disk I/O); bytes cross over bounded channels, so a slow disk slows the
+//! client (backpressure) and a slow client parks one blocking thread, never memory.
+
+use bytes::Bytes;
+use fms_engine::{FileId, FileInfo, Store};
+use tokio::sync::mpsc;
+
+/// Frames in flight between a request and the engine, each way.
+const FRAMES_IN_FLIGHT: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Engine(#[from] fms_engine::Error),
+    #[error("the engine task stopped: {0}")]
+    Task(String),
+}
+
+impl EngineError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, EngineError::Engine(fms_engine::Error::NotFound(_)))
+    }
+}
+
+/// The picker's handle on the store.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    store: Store,
+}
+
+enum Msg {
+    Data(Bytes),
+    Finish,
+}
+
+/// An upload on its way into the store. Dropped without [`Ingest::finish`], nothing is
+/// committed (the chunks written so far are garbage for GC).
+pub struct Ingest {
+    tx: mpsc::Sender<Msg>,
+    task: tokio::task::JoinHandle<Result<FileInfo, EngineError>>,
+}
+
+impl std::fmt::Debug for Ingest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ingest").finish_non_exhaustive()
+    }
+}
+
+impl Ingest {
+    /// Hand one frame to the engine; waits while the engine is behind.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), EngineError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.tx.send(Msg::Data(data)).await.is_err() {
+            // The engine side ended early: its error is the answer.
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
+    async fn failure(&mut self) -> EngineError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => EngineError::Task("finished before the end of the upload".into()),
+            Err(e) => EngineError::Task(e.to_string()),
+        }
+    }
+
+    /// Commit: the file is durable when this returns.
+    pub async fn finish(mut self) -> Result<FileInfo, EngineError> {
+        if self.tx.send(Msg::Finish).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match (&mut self.task).await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Task(e.to_string())),
+        }
+    }
+}
+
+impl Engine {
+    /// Open (or create) the store in `dir`.
+    pub async fn open(dir: std::path::PathBuf) -> Result<Engine, EngineError> {
+        let store =
+            tokio::task::spawn_blocking(move || Store::builder(dir).create_if_missing(true).open())
+                .await
+                .map_err(|e| EngineError::Task(e.to_string()))??;
+        tracing::info!(io = store.io_backend(), "chunk store open");
+        Ok(Engine { store })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Start an upload.
+    pub fn ingest(&self) -> Ingest {
+        let (tx, mut rx) = mpsc::channel::<Msg>(FRAMES_IN_FLIGHT);
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut w = store.writer()?;
+            while let Some(msg) = rx.blocking_recv() {
+                match msg {
+                    Msg::Data(b) => w.write_bytes(b)?,
+                    Msg::Finish => return Ok(w.finish()?),
+                }
+            }
+            // The request went away: drop the writer, commit nothing.
+            Err(EngineError::Task("upload abandoned".into()))
+        });
+        Ingest { tx, task }
+    }
+
+    /// Bytes `start..end` of a file as a stream of frames. Every chunk is verified; a
+    /// corrupt one ends the stream with an error (the client sees a cut-short body, never
+    /// wrong bytes).
+    pub fn read(
+        &self,
+        id: FileId,
+        start: u64,
+        end: u64,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<Bytes, std::io::Error>> {
+        let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = match store.read_range(id, start, end) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    return;
+                }
+            };
+            for frame in reader {
+                let item = frame.map_err(|e| {
+                    tracing::error!(error = %e, file = %id, "read failed");
+                    std::io::Error::other(e.to_string())
+                });
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return; // client gone, or the error is sent
+                }
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+
+    /// Drop a file's references (GC reclaims unshared chunks).
+    pub async fn delete(&self, id: FileId) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.delete(id))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))??;
+        Ok(())
+    }
+}

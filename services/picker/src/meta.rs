@@ -1,0 +1,146 @@
+//! File metadata rows (PostgreSQL or the embedded SQLite file).
+
+use fms_platform::db::{Db, DbError, Migration};
+use serde::Serialize;
+use sqlx::Row;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: include_str!("../migrations/0001_picker.sql"),
+}];
+
+/// What a file is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileRow {
+    pub id: String,
+    pub owner_id: String,
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
+    pub content_hash: String,
+    #[serde(skip)]
+    pub engine_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const COLUMNS: &str =
+    "id, owner_id, name, size, content_type, content_hash, engine_id, created_at, updated_at";
+
+fn row(r: sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
+    Ok(FileRow {
+        id: r.try_get(0)?,
+        owner_id: r.try_get(1)?,
+        name: r.try_get(2)?,
+        size: u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0),
+        content_type: r.try_get(4)?,
+        content_hash: r.try_get(5)?,
+        engine_id: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        updated_at: r.try_get(8)?,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Meta {
+    db: Db,
+}
+
+impl Meta {
+    pub async fn open(db: Db) -> Result<Meta, DbError> {
+        db.migrate("picker", MIGRATIONS).await?;
+        Ok(Meta { db })
+    }
+
+    pub async fn insert(&self, f: &FileRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO files (id, owner_id, name, size, content_type, content_hash, engine_id,
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&f.id)
+        .bind(&f.owner_id)
+        .bind(&f.name)
+        .bind(i64::try_from(f.size).unwrap_or(i64::MAX))
+        .bind(&f.content_type)
+        .bind(&f.content_hash)
+        .bind(&f.engine_id)
+        .bind(f.created_at)
+        .bind(f.updated_at)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<FileRow>, sqlx::Error> {
+        let sql = format!("SELECT {COLUMNS} FROM files WHERE id = $1");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.db.pool)
+            .await?
+            .map(row)
+            .transpose()
+    }
+
+    /// Rows for `ids` (any order; missing ids are skipped).
+    pub async fn get_many(&self, ids: &[String]) -> Result<Vec<FileRow>, sqlx::Error> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT {COLUMNS} FROM files WHERE id IN ({})",
+                params.join(", ")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for r in q.fetch_all(&self.db.pool).await? {
+                out.push(row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn rename(&self, id: &str, name: &str, now: i64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE files SET name = $1, updated_at = $2 WHERE id = $3")
+            .bind(name)
+            .bind(now)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM files WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Bytes `owner` owns (the quota's measure: file sizes, whatever dedup saves).
+    pub async fn usage(&self, owner: &str) -> Result<u64, sqlx::Error> {
+        // PostgreSQL's SUM(bigint) is numeric: cast back for both backends.
+        let r = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM files WHERE owner_id = $1",
+        )
+        .bind(owner)
+        .fetch_one(&self.db.pool)
+        .await?;
+        let v: i64 = r.try_get(0)?;
+        Ok(u64::try_from(v).unwrap_or(0))
+    }
+
+    /// Whether `owner` already has a file with this content (drives `new_bytes`, which
+    /// must not reveal what other users store).
+    pub async fn owner_has_content(&self, owner: &str, hash: &str) -> Result<bool, sqlx::Error> {
+        let r =
+            sqlx::query("SELECT 1 FROM files WHERE owner_id = $1 AND content_hash = $2 LIMIT 1")
+                .bind(owner)
+                .bind(hash)
+                .fetch_optional(&self.db.pool)
+                .await?;
+        Ok(r.is_some())
+    }
+}

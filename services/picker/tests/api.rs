@@ -1,0 +1,618 @@
+//! The picker's REST API end to end over real sockets, on both backends (embedded SQLite,
+//! and PostgreSQL): auth, permission and picker in one process, as `fms serve` runs them.
+
+use std::time::Duration;
+
+use fms_platform::Config;
+use fms_platform::db::Db;
+use fms_platform::http::{self, Service};
+use fms_platform::units::{ByteSize, Duration as Dur};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+struct Server {
+    url: String,
+    stop: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn fresh_postgres() -> String {
+    let admin = std::env::var("FMS_TEST_POSTGRES_URL")
+        .expect("FMS_TEST_POSTGRES_URL is not set: run the tests with ./test");
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(
+        &mut conn,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+async fn start(postgres: bool) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.picker.max_file_size = ByteSize(8 << 20);
+    cfg.picker.quota = ByteSize(12 << 20);
+    cfg.picker.idle_timeout = Dur(Duration::from_secs(1));
+    if postgres {
+        cfg.database.url = fresh_postgres().await;
+    }
+    let stop = CancellationToken::new();
+    let db = Db::connect(&cfg.database, &cfg.data_dir).await.unwrap();
+    let auth = fms_auth::start(
+        &cfg,
+        db.clone(),
+        fms_auth::shared::Shared::local(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let authenticator = auth.authenticator.clone();
+    let perms = fms_permission::start(&cfg, db.clone(), stop.clone())
+        .await
+        .unwrap();
+    let picker = fms_picker::start(&cfg, db, fms_picker::authz::Authz::Local(perms))
+        .await
+        .unwrap();
+    let routes = fms_auth::api::routes(auth).merge(fms_picker::api::routes(picker, authenticator));
+    let app = http::app(
+        Service {
+            name: "fms-test",
+            checks: vec![],
+        },
+        routes,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(http::serve(
+        listener,
+        app,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    Server {
+        url: format!("http://{addr}"),
+        stop,
+        _dir: dir,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Register and log in; returns (token, username).
+async fn user(c: &reqwest::Client, url: &str) -> (String, String) {
+    let name = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let body = json!({"username": name, "password": "correct horse battery staple"});
+    let r = c
+        .post(format!("{url}/auth/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .post(format!("{url}/auth/login"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let t: Value = r.json().await.unwrap();
+    (t["access_token"].as_str().unwrap().to_string(), name)
+}
+
+async fn upload(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    name: &str,
+    data: Vec<u8>,
+) -> (u16, Value) {
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let r = c
+        .post(format!("{url}/api/upload?name={encoded}"))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_list_download_share_revoke_delete() {
+    for postgres in [false, true] {
+        let s = start(postgres).await;
+        let c = client();
+        let url = &s.url;
+        let (alice, _) = user(&c, url).await;
+        let (bob, bob_name) = user(&c, url).await;
+
+        // Uploads: empty, one byte, 3 MiB, and a PNG the client calls text/plain.
+        let big = random(3 << 20, 7);
+        let png = [
+            b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".as_slice(),
+            &random(1000, 1),
+        ]
+        .concat();
+        let mut ids = Vec::new();
+        for (name, data) in [
+            ("empty", vec![]),
+            ("one.bin", vec![42u8]),
+            ("big.bin", big.clone()),
+            ("pic.png", png.clone()),
+        ] {
+            let (status, f) = upload(&c, url, &alice, name, data.clone()).await;
+            assert_eq!(status, 201, "{postgres} {name}: {f}");
+            assert_eq!(f["size"], data.len() as u64);
+            assert_eq!(f["name"], name);
+            assert_eq!(f["content_hash"], blake3::hash(&data).to_hex().as_str());
+            assert_eq!(f["owned"], true);
+            assert_eq!(f["new_bytes"], data.len() as u64);
+            ids.push(f["id"].as_str().unwrap().to_string());
+        }
+        let (big_id, png_id) = (ids[2].clone(), ids[3].clone());
+        let meta: Value = c
+            .get(format!("{url}/api/files/{png_id}"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(meta["content_type"], "image/png", "sniffed, not trusted");
+
+        // Dedup never shows across users: Bob's copy of the same bytes is "all new" to him;
+        // Alice's second copy is not.
+        let (_, again) = upload(&c, url, &alice, "again.bin", big.clone()).await;
+        assert_eq!(again["new_bytes"], 0);
+        let (_, bobs) = upload(&c, url, &bob, "mine.bin", big.clone()).await;
+        assert_eq!(bobs["new_bytes"], big.len() as u64);
+
+        // Listing: Alice's five, in creation order; Bob sees only his own.
+        let list: Value = c
+            .get(format!("{url}/api/files?limit=2"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 2);
+        let mut all = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page_url = match &cursor {
+                Some(cur) => format!("{url}/api/files?limit=2&cursor={cur}"),
+                None => format!("{url}/api/files?limit=2"),
+            };
+            let req = c.get(page_url).bearer_auth(&alice);
+            let page: Value = req.send().await.unwrap().json().await.unwrap();
+            all.extend(
+                page["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["id"].as_str().unwrap().to_string()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(n) => cursor = Some(n.to_string()),
+                None => break,
+            }
+        }
+        assert_eq!(all.len(), 5);
+        assert_eq!(&all[..4], &ids[..]);
+        let list: Value = c
+            .get(format!("{url}/api/files"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["items"].as_array().unwrap().len(), 1);
+
+        // Downloads: whole, ranges, conditional, HEAD.
+        let content = format!("{url}/api/files/{big_id}/content");
+        let r = c.get(&content).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        assert!(
+            r.headers()["content-disposition"]
+                .to_str()
+                .unwrap()
+                .contains("big.bin")
+        );
+        assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+        for (range, start, end) in [
+            ("bytes=100-199", 100, 200),
+            ("bytes=-1000", big.len() - 1000, big.len()),
+            ("bytes=65530-70000", 65530, 70001),
+        ] {
+            let r = c
+                .get(&content)
+                .bearer_auth(&alice)
+                .header("range", range)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{range}");
+            assert_eq!(
+                r.headers()["content-range"].to_str().unwrap(),
+                format!("bytes {start}-{}/{}", end - 1, big.len())
+            );
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                &big[start..end],
+                "{range}"
+            );
+        }
+        let r = c
+            .get(&content)
+            .bearer_auth(&alice)
+            .header("range", format!("bytes={}-", big.len()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416);
+        assert_eq!(
+            r.headers()["content-range"].to_str().unwrap(),
+            format!("bytes */{}", big.len())
+        );
+        let r = c
+            .get(&content)
+            .bearer_auth(&alice)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 304);
+        let r = c
+            .get(&content)
+            .bearer_auth(&alice)
+            .header("range", "bytes=0-9")
+            .header("if-range", "\"stale\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "If-Range mismatch: the whole file");
+        let r = c.head(&content).bearer_auth(&alice).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.headers()["content-length"].to_str().unwrap(),
+            big.len().to_string()
+        );
+        let r = c
+            .get(format!("{url}/api/files/{}/content", ids[0]))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.bytes().await.unwrap().len()),
+            (200, 0),
+            "empty file"
+        );
+
+        // Rename.
+        let r = c
+            .patch(format!("{url}/api/files/{big_id}"))
+            .bearer_auth(&alice)
+            .json(&json!({"name": "renamed.bin"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let r = c
+            .patch(format!("{url}/api/files/{big_id}"))
+            .bearer_auth(&alice)
+            .json(&json!({"name": "../etc/passwd"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+
+        // Bob cannot tell Alice's file from a missing one.
+        let theirs = c
+            .get(format!("{url}/api/files/{big_id}"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        let missing = c
+            .get(format!("{url}/api/files/{}", uuid::Uuid::now_v7()))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (theirs.status().as_u16(), missing.status().as_u16()),
+            (404, 404)
+        );
+        assert_eq!(theirs.text().await.unwrap(), missing.text().await.unwrap());
+        assert_eq!(
+            c.get(&content)
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+
+        // Share read with Bob: he lists and downloads it, but cannot delete or rename.
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&alice)
+            .json(&json!({"file_id": big_id, "with": bob_name, "rights": ["read"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        let list: Value = c
+            .get(format!("{url}/api/files"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let shared = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == big_id.as_str())
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (shared["owned"].clone(), shared["rights"].clone()),
+            (json!(false), json!(["read"]))
+        );
+        let r = c.get(&content).bearer_auth(&bob).send().await.unwrap();
+        assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+        assert_eq!(
+            c.delete(format!("{url}/api/files/{big_id}"))
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        assert_eq!(
+            c.patch(format!("{url}/api/files/{big_id}"))
+                .bearer_auth(&bob)
+                .json(&json!({"name": "x"}))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&bob)
+            .json(&json!({"file_id": big_id, "with": bob_name, "rights": ["read", "write"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "a reader cannot share");
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&alice)
+            .json(&json!({"file_id": big_id, "with": "nobody-here", "rights": ["read"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&alice)
+            .json(&json!({"file_id": big_id, "with": bob_name, "rights": ["admin"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+
+        // Revoke (an empty list): Bob is back to 404 at once.
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&alice)
+            .json(&json!({"file_id": big_id, "with": bob_name, "rights": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            c.get(&content)
+                .bearer_auth(&bob)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+
+        // Delete.
+        assert_eq!(
+            c.delete(format!("{url}/api/files/{big_id}"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            204
+        );
+        assert_eq!(
+            c.get(&content)
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+        assert_eq!(
+            c.delete(format!("{url}/api/files/{big_id}"))
+                .bearer_auth(&alice)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors() {
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let err = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_string();
+
+    let r = c
+        .post(format!("{url}/api/upload"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .get(format!("{url}/api/files"))
+        .bearer_auth("not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // Over the size limit (8 MiB here), refused from Content-Length before any byte is read.
+    let (status, v) = upload(&c, url, &alice, "big", vec![0u8; (8 << 20) + 1]).await;
+    assert_eq!((status, err(&v)), (413, "file_too_large".into()));
+    // Over the quota (12 MiB here).
+    for i in 0..2 {
+        let (status, v) = upload(&c, url, &alice, "q", random(5 << 20, i)).await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let (status, v) = upload(&c, url, &alice, "q", random(3 << 20, 9)).await;
+    assert_eq!((status, err(&v)), (413, "quota_exceeded".into()));
+    // Names.
+    for bad in ["a/b", "..", ""] {
+        let (status, v) = upload(&c, url, &alice, bad, b"x".to_vec()).await;
+        assert_eq!(status, 400, "{bad:?}: {v}");
+    }
+    // Multipart is refused plainly (not accepted as a file of multipart bytes).
+    let r = c
+        .post(format!("{url}/api/upload"))
+        .bearer_auth(&alice)
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body("--x--")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    // Imports and transforms do not pretend to work.
+    let r = c
+        .post(format!("{url}/api/files/download"))
+        .bearer_auth(&alice)
+        .json(&json!({"url": "http://example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 501);
+    let r = c
+        .get(format!("{url}/api/files?limit=0"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{url}/api/files?cursor=garbage"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // A stalled upload is cut off after the idle timeout (1 s here): 408, and no file.
+    let addr = url.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /api/upload?name=slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\nContent-Length: 1000\r\n\r\n0123456789"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    let list: Value = c
+        .get(format!("{url}/api/files"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["name"] != "slow")
+    );
+}
