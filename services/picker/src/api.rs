@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -229,58 +229,54 @@ fn over_quota(quota: u64, used: u64) -> ApiError {
     )
 }
 
-/// `POST /api/upload`: the request body is the file, streamed into the engine.
-async fn upload(
-    State(p): Svc,
-    Authenticated(claims): Authenticated,
-    Query(q): Query<UploadQuery>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let user = claims.sub;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if ctype.to_ascii_lowercase().starts_with("multipart/") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "multipart uploads are not accepted yet: send the file as the request body",
-        ));
+/// How much more a request may store: the file-size limit per file, the quota across the
+/// request's files.
+struct Budget {
+    max_file: u64,
+    quota: u64,
+    used: u64,
+}
+
+impl Budget {
+    fn room(&self) -> u64 {
+        if self.quota > 0 {
+            self.quota.saturating_sub(self.used)
+        } else {
+            u64::MAX
+        }
     }
-    let name = match q.name.or_else(|| {
-        headers
-            .get(header::CONTENT_DISPOSITION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(disposition_name)
-    }) {
-        Some(n) => check_name(&n)?.to_string(),
-        None => "untitled".to_string(),
-    };
-    let max = p.cfg.max_file_size.0;
-    let quota = p.cfg.quota.0;
-    let used = p.meta.usage(&user).await.map_err(db_error)?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+}
+
+/// A file stored by this request (undone if a later file of the same request fails).
+struct Stored {
+    row: FileRow,
+    engine_id: fms_engine::FileId,
+    new_bytes: u64,
+}
+
+/// Stream one file into the engine, then record it: metadata row, owner grant.
+async fn store_stream<S, E>(
+    p: &Picker,
+    user: &str,
+    name: String,
+    mut stream: S,
+    declared: Option<u64>,
+    budget: &mut Budget,
+) -> Result<Stored, ApiError>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     if let Some(n) = declared {
-        if n > max {
-            return Err(too_large(max));
+        if n > budget.max_file {
+            return Err(too_large(budget.max_file));
         }
-        if quota > 0 && used.saturating_add(n) > quota {
-            return Err(over_quota(quota, used));
+        if n > budget.room() {
+            return Err(over_quota(budget.quota, budget.used));
         }
     }
-    let room = if quota > 0 {
-        quota.saturating_sub(used)
-    } else {
-        u64::MAX
-    };
     let idle = p.cfg.idle_timeout.0;
     let mut ingest = p.engine.ingest();
-    let mut stream = body.into_data_stream();
     let mut size = 0u64;
     let mut head = Vec::new();
     loop {
@@ -295,16 +291,18 @@ async fn upload(
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 tracing::info!(error = %e, "upload body ended early");
-                return Err(ApiError::bad_request("the upload was interrupted"));
+                return Err(ApiError::bad_request(format!(
+                    "the upload was interrupted or malformed: {e}"
+                )));
             }
             Ok(Some(Ok(b))) => b,
         };
         size += frame.len() as u64;
-        if size > max {
-            return Err(too_large(max));
+        if size > budget.max_file {
+            return Err(too_large(budget.max_file));
         }
-        if size > room {
-            return Err(over_quota(quota, used));
+        if size > budget.room() {
+            return Err(over_quota(budget.quota, budget.used));
         }
         if head.len() < SNIFF_LEN {
             let take = (SNIFF_LEN - head.len()).min(frame.len());
@@ -319,9 +317,11 @@ async fn upload(
     }
     let info = ingest.finish().await.map_err(ApiError::internal)?;
     let hash = hex::encode(info.meta.hash);
+    // Counted against this user's own files only: whether anyone else stores the same
+    // bytes is never observable.
     let new_bytes = if p
         .meta
-        .owner_has_content(&user, &hash)
+        .owner_has_content(user, &hash)
         .await
         .map_err(db_error)?
     {
@@ -332,7 +332,7 @@ async fn upload(
     let now = now_ms();
     let row = FileRow {
         id: uuid::Uuid::now_v7().to_string(),
-        owner_id: user.clone(),
+        owner_id: user.to_string(),
         name,
         size: info.meta.size,
         content_type: sniff(&head),
@@ -346,16 +346,119 @@ async fn upload(
         let _ = p.engine.delete(info.id).await;
         return Err(db_error(e));
     }
-    if let Err(e) = p.authz.create_owner(&row.id, &user).await {
+    if let Err(e) = p.authz.create_owner(&row.id, user).await {
         let _ = p.meta.delete(&row.id).await;
         let _ = p.engine.delete(info.id).await;
         return Err(e.into());
     }
+    budget.used += row.size;
     metrics::counter!("picker_uploads_total").increment(1);
     metrics::counter!("picker_upload_bytes_total").increment(row.size);
-    let mut body = file_json(&row, Rights::OWNER);
-    body["new_bytes"] = json!(new_bytes);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(Stored {
+        row,
+        engine_id: info.id,
+        new_bytes,
+    })
+}
+
+/// Undo the files a failed request had stored.
+async fn unstore(p: &Picker, stored: Vec<Stored>) {
+    for s in stored {
+        let _ = p.authz.delete_object(&s.row.id).await;
+        let _ = p.meta.delete(&s.row.id).await;
+        let _ = p.engine.delete(s.engine_id).await;
+    }
+}
+
+fn stored_json(s: &Stored) -> Value {
+    let mut v = file_json(&s.row, Rights::OWNER);
+    v["new_bytes"] = json!(s.new_bytes);
+    v
+}
+
+/// Most files in one multipart upload.
+const MAX_PARTS: usize = 1000;
+
+/// `POST /api/upload`: the request body is the file (any content type), or
+/// `multipart/form-data` with one or many files; streamed into the engine either way.
+async fn upload(
+    State(p): Svc,
+    Authenticated(claims): Authenticated,
+    Query(q): Query<UploadQuery>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let user = claims.sub;
+    let headers = request.headers().clone();
+    let mut budget = Budget {
+        max_file: p.cfg.max_file_size.0,
+        quota: p.cfg.quota.0,
+        used: p.meta.usage(&user).await.map_err(db_error)?,
+    };
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if ctype.starts_with("multipart/form-data") {
+        let mut form = axum::extract::Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("malformed multipart body: {e}")))?;
+        let mut stored = Vec::new();
+        let result: Result<(), ApiError> = async {
+            loop {
+                let field = match form.next_field().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(ApiError::bad_request(format!(
+                            "malformed multipart body: {e}"
+                        )));
+                    }
+                };
+                // Parts without a file name are form fields, not files.
+                let Some(name) = field.file_name().map(str::to_string) else {
+                    continue;
+                };
+                if stored.len() >= MAX_PARTS {
+                    return Err(ApiError::bad_request(format!(
+                        "at most {MAX_PARTS} files per upload"
+                    )));
+                }
+                let name = check_name(&name)?.to_string();
+                let s = store_stream(&p, &user, name, field, None, &mut budget).await?;
+                stored.push(s);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            unstore(&p, stored).await;
+            return Err(e);
+        }
+        if stored.is_empty() {
+            return Err(ApiError::bad_request(
+                "the multipart body holds no file (a part with a filename)",
+            ));
+        }
+        let files: Vec<Value> = stored.iter().map(stored_json).collect();
+        return Ok((StatusCode::CREATED, Json(json!({ "files": files }))).into_response());
+    }
+    let name = match q.name.or_else(|| {
+        headers
+            .get(header::CONTENT_DISPOSITION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(disposition_name)
+    }) {
+        Some(n) => check_name(&n)?.to_string(),
+        None => "untitled".to_string(),
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let stream = request.into_body().into_data_stream();
+    let s = store_stream(&p, &user, name, stream, declared, &mut budget).await?;
+    Ok((StatusCode::CREATED, Json(stored_json(&s))).into_response())
 }
 
 /// The row of a file `user` holds `right` on; 404 if they cannot read it, 403 if they can
