@@ -8,7 +8,8 @@ source scripts/setup.sh
 fms_need_packages
 cargo build --quiet -p fms-bench
 # `scripts/bench.sh auth ...` measures token verification and login, `scripts/bench.sh
-# permission ...` the permission service; anything else is the engine benchmark.
+# permission ...` the permission service, `scripts/bench.sh picker ...` HTTP uploads and
+# downloads; anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
     shift
@@ -17,6 +18,10 @@ if [ "${1:-}" = permission ]; then
     export FMS_BENCH_POSTGRES_URL="$FMS_TEST_POSTGRES_URL"
     "$CARGO_TARGET_DIR/debug/fms-bench-permission" "$@"
     exit
+fi
+if [ "${1:-}" = picker ]; then
+    shift
+    exec "$CARGO_TARGET_DIR/debug/fms-bench-picker" "$@"
 fi
 if [ "${1:-}" = auth ]; then
     shift

@@ -29,6 +29,8 @@ type Svc = State<Arc<Picker>>;
 const JSON_LIMIT: usize = 16 * 1024;
 /// Bytes looked at to tell the content type.
 const SNIFF_LEN: usize = 8192;
+/// Uploads reach the engine in pieces of this size.
+const INGEST_PIECE: usize = 512 * 1024;
 /// Longest file name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -279,6 +281,7 @@ where
     let mut ingest = p.engine.ingest();
     let mut size = 0u64;
     let mut head = Vec::new();
+    let mut pending = bytes::BytesMut::new();
     loop {
         let frame = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
@@ -308,7 +311,26 @@ where
             let take = (SNIFF_LEN - head.len()).min(frame.len());
             head.extend_from_slice(&frame[..take]);
         }
-        ingest.write(frame).await.map_err(ApiError::internal)?;
+        // Network frames are small (often 16 KiB or less): gather them into 512 KiB pieces
+        // so the engine's pipeline gets fewer, larger hand-offs (frames as they come: 0.33
+        // of the engine's rate; 256 KiB pieces: 0.61; 512 KiB: 0.85; docs/performance.md).
+        if pending.is_empty() && frame.len() >= INGEST_PIECE {
+            ingest.write(frame).await.map_err(ApiError::internal)?;
+        } else {
+            pending.extend_from_slice(&frame);
+            if pending.len() >= INGEST_PIECE {
+                ingest
+                    .write(pending.split().freeze())
+                    .await
+                    .map_err(ApiError::internal)?;
+            }
+        }
+    }
+    if !pending.is_empty() {
+        ingest
+            .write(pending.split().freeze())
+            .await
+            .map_err(ApiError::internal)?;
     }
     if declared.is_some_and(|n| n != size) {
         return Err(ApiError::bad_request(

@@ -6,8 +6,13 @@ use bytes::Bytes;
 use fms_engine::{FileId, FileInfo, Store};
 use tokio::sync::mpsc;
 
-/// Frames in flight between a request and the engine, each way.
+/// Download frames in flight between the engine and a response (8 x 256 KiB).
 const FRAMES_IN_FLIGHT: usize = 8;
+/// Upload pieces in flight between a request and the engine (8 x 512 KiB: with the piece
+/// being gathered, ~4.5 MiB per upload).
+const PIECES_IN_FLIGHT: usize = 8;
+/// Download frames are gathered up to this size.
+const FRAME: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -97,7 +102,7 @@ impl Engine {
 
     /// Start an upload.
     pub fn ingest(&self) -> Ingest {
-        let (tx, mut rx) = mpsc::channel::<Msg>(FRAMES_IN_FLIGHT);
+        let (tx, mut rx) = mpsc::channel::<Msg>(PIECES_IN_FLIGHT);
         let store = self.store.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut w = store.writer()?;
@@ -132,15 +137,37 @@ impl Engine {
                     return;
                 }
             };
+            // Chunks (~64 KiB) are gathered into frames of 256 KiB: a quarter as many
+            // channel hand-offs and socket writes for one memcpy.
+            let mut pending = bytes::BytesMut::new();
             for frame in reader {
-                let item = frame.map_err(|e| {
-                    tracing::error!(error = %e, file = %id, "read failed");
-                    std::io::Error::other(e.to_string())
-                });
-                let stop = item.is_err();
-                if tx.blocking_send(item).is_err() || stop {
-                    return; // client gone, or the error is sent
+                match frame {
+                    Ok(b) if pending.is_empty() && b.len() >= FRAME => {
+                        if tx.blocking_send(Ok(b)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(b) => {
+                        pending.extend_from_slice(&b);
+                        if pending.len() >= FRAME
+                            && tx.blocking_send(Ok(pending.split().freeze())).is_err()
+                        {
+                            return; // client gone
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, file = %id, "read failed");
+                        // What was verified goes out first; then the error cuts the body.
+                        if !pending.is_empty() {
+                            let _ = tx.blocking_send(Ok(pending.split().freeze()));
+                        }
+                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        return;
+                    }
                 }
+            }
+            if !pending.is_empty() {
+                let _ = tx.blocking_send(Ok(pending.freeze()));
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)

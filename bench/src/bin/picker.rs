@@ -1,0 +1,387 @@
+//! Picker HTTP throughput, each number next to its baselines measured in the same run:
+//! the engine's own ingest and read rates (no HTTP), and an HTTP server on the same stack
+//! that discards the body (the HTTP ceiling). Server and client share this machine's cores,
+//! as they do in every number here.
+//!
+//! `scripts/bench.sh picker [--size-mib N] [--parallel N] [--each-mib N]`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use bytes::Bytes;
+use clap::Parser;
+use fms_platform::Config;
+use fms_platform::db::Db;
+use fms_platform::http::{self, Service};
+use futures_util::StreamExt;
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Size of the single-stream upload and download.
+    #[arg(long, default_value_t = 512)]
+    size_mib: usize,
+    /// Parallel streams in the parallel measurement.
+    #[arg(long, default_value_t = 16)]
+    parallel: usize,
+    /// Size of each parallel stream.
+    #[arg(long, default_value_t = 32)]
+    each_mib: usize,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn data(mib: usize, seed: u64) -> Bytes {
+    let mut v = vec![0u8; mib << 20];
+    SmallRng::seed_from_u64(seed).fill_bytes(&mut v);
+    Bytes::from(v)
+}
+
+/// Write back what earlier measurements left dirty in the page cache, so one measurement's
+/// writeback does not land in the next one's time.
+async fn settle() {
+    let _ = tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+fn mbps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+/// One round of every measurement (MiB/s).
+#[derive(Debug, Clone, Copy, Default)]
+struct Round {
+    engine_ingest: f64,
+    ceiling_up: f64,
+    http_up: f64,
+    engine_par: f64,
+    http_par: f64,
+    engine_read: f64,
+    ceiling_down: f64,
+    http_down: f64,
+}
+
+async fn round(
+    args: &Args,
+    seed: u64,
+    store: &fms_engine::Store,
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> Result<Round, Box<dyn std::error::Error>> {
+    let size = args.size_mib << 20;
+    let engine_data = data(args.size_mib, seed + 1);
+    let http_data = data(args.size_mib, seed + 2);
+    let discard_data = data(args.size_mib, seed + 3);
+
+    // --- single stream ---
+    let st = store.clone();
+    let d = engine_data.clone();
+    settle().await;
+    let t = Instant::now();
+    let engine_id = tokio::task::spawn_blocking(move || -> Result<_, fms_engine::Error> {
+        let mut w = st.writer()?;
+        for piece in d.chunks(256 * 1024) {
+            w.write_bytes(d.slice_ref(piece))?;
+        }
+        Ok(w.finish()?.id)
+    })
+    .await??;
+    let engine_ingest = mbps(size, t.elapsed());
+
+    settle().await;
+    let t = Instant::now();
+    let r = c
+        .post(format!("{url}/discard"))
+        .body(discard_data.clone())
+        .send()
+        .await?;
+    assert_eq!(r.text().await?, size.to_string());
+    let ceiling_up = mbps(size, t.elapsed());
+
+    settle().await;
+    let t = Instant::now();
+    let r = c
+        .post(format!("{url}/api/upload?name=big"))
+        .bearer_auth(token)
+        .body(http_data.clone())
+        .send()
+        .await?;
+    let f: Value = r.json().await?;
+    let http_up = mbps(size, t.elapsed());
+    let id = f["id"].as_str().ok_or("upload failed")?.to_string();
+
+    let st = store.clone();
+    settle().await;
+    let t = Instant::now();
+    let read = tokio::task::spawn_blocking(move || -> Result<usize, fms_engine::Error> {
+        let mut n = 0;
+        for b in st.read(engine_id)? {
+            n += b?.len();
+        }
+        Ok(n)
+    })
+    .await??;
+    assert_eq!(read, size);
+    let engine_read = mbps(size, t.elapsed());
+
+    settle().await;
+    let t = Instant::now();
+    let mut r = c.get(format!("{url}/ceiling")).send().await?;
+    let mut n = 0;
+    while let Some(b) = r.chunk().await? {
+        n += b.len();
+    }
+    assert_eq!(n, size);
+    let ceiling_down = mbps(size, t.elapsed());
+
+    settle().await;
+    let t = Instant::now();
+    let mut r = c
+        .get(format!("{url}/api/files/{id}/content"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    let mut n = 0;
+    while let Some(b) = r.chunk().await? {
+        n += b.len();
+    }
+    assert_eq!(n, size);
+    let http_down = mbps(size, t.elapsed());
+
+    // --- parallel streams ---
+    let each = args.each_mib << 20;
+    let total = each * args.parallel;
+    let sets: Vec<Bytes> = (0..args.parallel as u64)
+        .map(|i| data(args.each_mib, seed + 100 + i))
+        .collect();
+    let http_sets: Vec<Bytes> = (0..args.parallel as u64)
+        .map(|i| data(args.each_mib, seed + 1000 + i))
+        .collect();
+    settle().await;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for d in sets {
+        let st = store.clone();
+        tasks.push(tokio::task::spawn_blocking(
+            move || -> Result<(), fms_engine::Error> {
+                let mut w = st.writer()?;
+                for piece in d.chunks(256 * 1024) {
+                    w.write_bytes(d.slice_ref(piece))?;
+                }
+                w.finish()?;
+                Ok(())
+            },
+        ));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let engine_par = mbps(total, t.elapsed());
+    let token = Arc::new(token.to_string());
+    settle().await;
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, d) in http_sets.into_iter().enumerate() {
+        let (c, url, token) = (c.clone(), url.to_string(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(format!("{url}/api/upload?name=p{i}"))
+                .bearer_auth(token.as_str())
+                .body(d)
+                .send()
+                .await?;
+            r.error_for_status().map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let http_par = mbps(total, t.elapsed());
+    Ok(Round {
+        engine_ingest,
+        ceiling_up,
+        http_up,
+        engine_par,
+        http_par,
+        engine_read,
+        ceiling_down,
+        http_down,
+    })
+}
+
+const ROUNDS: usize = 3;
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir_in(std::env::var("FMS_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
+    let mut cfg = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    cfg.picker.quota = fms_platform::units::ByteSize(0);
+    cfg.picker.max_file_size = fms_platform::units::ByteSize(64 << 30);
+    let stop = CancellationToken::new();
+    let db = Db::connect(&cfg.database, &cfg.data_dir).await?;
+    let auth = fms_auth::start(
+        &cfg,
+        db.clone(),
+        fms_auth::shared::Shared::local(),
+        stop.clone(),
+    )
+    .await?;
+    let authenticator = auth.authenticator.clone();
+    let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
+    let picker = fms_picker::start(&cfg, db, fms_picker::authz::Authz::Local(perms)).await?;
+    let store = picker.engine.store().clone();
+    let routes = fms_auth::api::routes(auth)
+        .merge(fms_picker::api::routes(picker, authenticator))
+        // The HTTP ceiling: same server stack, body read and dropped.
+        .route(
+            "/discard",
+            post(|body: axum::body::Body| async move {
+                let mut s = body.into_data_stream();
+                let mut n = 0usize;
+                while let Some(Ok(b)) = s.next().await {
+                    n += b.len();
+                }
+                n.to_string()
+            }),
+        );
+    // The download ceiling: the same stack serving bytes from memory, in 64 KiB frames.
+    let ceiling_data = data(args.size_mib, 4);
+    let routes = routes.route(
+        "/ceiling",
+        axum::routing::get(move || {
+            let d = ceiling_data.clone();
+            async move {
+                let frames: Vec<Result<Bytes, std::io::Error>> = (0..d.len())
+                    .step_by(64 * 1024)
+                    .map(|i| Ok(d.slice(i..(i + 64 * 1024).min(d.len()))))
+                    .collect();
+                axum::body::Body::from_stream(futures_util::stream::iter(frames))
+            }
+        }),
+    );
+    let app = http::app(
+        Service {
+            name: "fms-bench",
+            checks: vec![],
+        },
+        routes,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(http::serve(
+        listener,
+        app,
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+    let url = format!("http://{addr}");
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3600))
+        .build()?;
+    let body = json!({"username": "bench", "password": "correct horse battery staple"});
+    c.post(format!("{url}/auth/register"))
+        .json(&body)
+        .send()
+        .await?;
+    let t: Value = c
+        .post(format!("{url}/auth/login"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = t["access_token"].as_str().ok_or("login")?.to_string();
+
+    let mut rounds = Vec::new();
+    for r in 0..ROUNDS {
+        eprintln!("round {} of {ROUNDS}", r + 1);
+        rounds.push(round(&args, r as u64 * 10_000, &store, &c, &url, &token).await?);
+    }
+    let med = |f: fn(&Round) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let engine_ingest = med(|r| r.engine_ingest);
+    let ceiling_up = med(|r| r.ceiling_up);
+    let http_up = med(|r| r.http_up);
+    let engine_par = med(|r| r.engine_par);
+    let http_par = med(|r| r.http_par);
+    let engine_read = med(|r| r.engine_read);
+    let ceiling_down = med(|r| r.ceiling_down);
+    let http_down = med(|r| r.http_down);
+    // Server and client share the cores: when reading and sending each cost CPU, the best
+    // a download can do is both costs added (harmonic combination).
+    let both_down = 1.0 / (1.0 / engine_read + 1.0 / ceiling_down);
+    let both_up = 1.0 / (1.0 / engine_ingest + 1.0 / ceiling_up);
+    stop.cancel();
+
+    println!(
+        "\nPicker over HTTP/1.1 on loopback, embedded database, one {} MiB stream and {} x {} MiB in parallel (MiB/s, medians of {ROUNDS} interleaved rounds; ratios to the engine and to the HTTP ceiling)\n",
+        args.size_mib, args.parallel, args.each_mib
+    );
+    println!("| measurement | MiB/s | vs engine | vs HTTP ceiling |");
+    println!("|---|---:|---:|---:|");
+    println!("| engine ingest, one stream (baseline) | {engine_ingest:.0} | 1 | |");
+    println!("| HTTP ceiling: upload to a discarding route | {ceiling_up:.0} | | 1 |");
+    println!(
+        "| POST /api/upload, one stream | {http_up:.0} | {:.2} | {:.2} |",
+        http_up / engine_ingest,
+        http_up / ceiling_up
+    );
+    println!(
+        "| (engine ingest and HTTP receive costs added: {both_up:.0} MiB/s; upload reaches {:.2} of it) | | | |",
+        http_up / both_up
+    );
+    println!(
+        "| engine ingest, {} writers (baseline) | {engine_par:.0} | 1 | |",
+        args.parallel
+    );
+    println!(
+        "| POST /api/upload, {} streams | {http_par:.0} | {:.2} | |",
+        args.parallel,
+        http_par / engine_par
+    );
+    println!("| engine read, one stream (baseline) | {engine_read:.0} | 1 | |");
+    println!("| HTTP ceiling: download from memory, 64 KiB frames | {ceiling_down:.0} | | 1 |");
+    println!(
+        "| GET /api/files/:id/content, one stream | {http_down:.0} | {:.2} | {:.2} |",
+        http_down / engine_read,
+        http_down / ceiling_down
+    );
+    println!(
+        "| (engine read and HTTP send costs added: {both_down:.0} MiB/s; download reaches {:.2} of it) | | | |",
+        http_down / both_down
+    );
+    if let Some(path) = args.json {
+        std::fs::write(
+            path,
+            serde_json::to_string_pretty(&json!({
+                "size_mib": args.size_mib, "parallel": args.parallel, "each_mib": args.each_mib,
+                "engine_ingest_mibps": engine_ingest.round(), "http_ceiling_upload_mibps": ceiling_up.round(),
+                "http_upload_mibps": http_up.round(), "engine_parallel_mibps": engine_par.round(),
+                "http_parallel_upload_mibps": http_par.round(), "engine_read_mibps": engine_read.round(),
+                "http_download_mibps": http_down.round(), "http_ceiling_download_mibps": ceiling_down.round(),
+                "rounds": ROUNDS,
+            }))?,
+        )?;
+    }
+    Ok(())
+}
