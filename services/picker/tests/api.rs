@@ -855,3 +855,123 @@ async fn large_and_parallel_transfers_keep_every_byte() {
         t.await.unwrap();
     }
 }
+
+/// Reliability test 32: every route that takes a file id x {owner, reader, writer,
+/// stranger}: each cell matches the policy, and a stranger's answer is byte-for-byte a
+/// missing id's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_by_role_matches_the_policy() {
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let (owner, _) = user(&c, url).await;
+    let (reader, reader_name) = user(&c, url).await;
+    let (writer, writer_name) = user(&c, url).await;
+    let (stranger, _) = user(&c, url).await;
+    let (_, other_name) = user(&c, url).await;
+    let (status, f) = upload(&c, url, &owner, "m.bin", random(70_000, 4)).await;
+    assert_eq!(status, 201);
+    let id = f["id"].as_str().unwrap().to_string();
+    for (who, rights) in [
+        (&reader_name, json!(["read"])),
+        (&writer_name, json!(["read", "write"])),
+    ] {
+        let r = c
+            .post(format!("{url}/api/files/share"))
+            .bearer_auth(&owner)
+            .json(&json!({"file_id": id, "with": who, "rights": rights}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let missing = uuid::Uuid::now_v7().to_string();
+    // (method, path with {id}, JSON body, expected for owner, reader, writer, stranger)
+    let share_body = |file: &str| json!({"file_id": file, "with": other_name, "rights": ["read"]});
+    let cells: Vec<(&str, &str, Option<Value>, [u16; 4])> = vec![
+        ("GET", "/api/files/{id}", None, [200, 200, 200, 404]),
+        ("GET", "/api/files/{id}/content", None, [200, 200, 200, 404]),
+        (
+            "HEAD",
+            "/api/files/{id}/content",
+            None,
+            [200, 200, 200, 404],
+        ),
+        (
+            "PATCH",
+            "/api/files/{id}",
+            Some(json!({"name": "renamed.bin"})),
+            [200, 403, 200, 404],
+        ),
+        (
+            "POST",
+            "/api/files/share",
+            Some(json!("share")),
+            [200, 403, 403, 404],
+        ),
+        ("DELETE", "/api/files/{id}", None, [204, 403, 403, 404]),
+        (
+            "POST",
+            "/api/transform/{id}",
+            Some(json!({"ops": []})),
+            [501, 501, 501, 501],
+        ),
+    ];
+    let send = |method: &str, path: &str, body: &Option<Value>, token: &str, file: &str| {
+        let u = format!("{url}{}", path.replace("{id}", file));
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = c.request(m, u).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&if b == &json!("share") {
+                share_body(file)
+            } else {
+                b.clone()
+            });
+        }
+        req.send()
+    };
+    // The owner's DELETE goes last: every other cell runs against a live file.
+    for pass in ["others", "owner"] {
+        for (method, path, body, expect) in &cells {
+            for (i, token) in [&owner, &reader, &writer, &stranger]
+                .into_iter()
+                .enumerate()
+            {
+                let is_owner_delete = i == 0 && *method == "DELETE";
+                if (pass == "owner") != is_owner_delete {
+                    continue;
+                }
+                let r = send(method, path, body, token, &id).await.unwrap();
+                let role = ["owner", "reader", "writer", "stranger"][i];
+                assert_eq!(r.status().as_u16(), expect[i], "{method} {path} as {role}");
+                if i == 3 {
+                    let got = r.text().await.unwrap();
+                    let gone = send(method, path, body, token, &missing).await.unwrap();
+                    assert_eq!(
+                        gone.status().as_u16(),
+                        expect[3],
+                        "{method} {path} on a missing id"
+                    );
+                    let gone_body = gone.text().await.unwrap();
+                    assert_eq!(
+                        got.replace(&id, "ID"),
+                        gone_body.replace(&missing, "ID"),
+                        "{method} {path}: a stranger learns nothing"
+                    );
+                }
+            }
+        }
+    }
+    // After the owner's delete, nobody sees anything.
+    for token in [&owner, &reader, &writer] {
+        assert_eq!(
+            c.get(format!("{url}/api/files/{id}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+}
