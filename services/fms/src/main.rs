@@ -79,6 +79,12 @@ enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Run the picker alone (REST /api/*), with auth and permission found by address
+    /// (`auth.jwks_url`, `picker.permission_url`).
+    Picker {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -164,12 +170,15 @@ fn io_fail(what: &str, e: io::Error) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Serve { listen } | Command::Auth { listen } | Command::Permission { listen } =
-        &cli.command
+    if let Command::Serve { listen }
+    | Command::Auth { listen }
+    | Command::Permission { listen }
+    | Command::Picker { listen } = &cli.command
     {
         let role = match cli.command {
             Command::Serve { .. } => server::Role::All,
             Command::Permission { .. } => server::Role::Permission,
+            Command::Picker { .. } => server::Role::Picker,
             _ => server::Role::Auth,
         };
         let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
@@ -439,7 +448,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { .. }
         | Command::Serve { .. }
         | Command::Auth { .. }
-        | Command::Permission { .. } => {}
+        | Command::Permission { .. }
+        | Command::Picker { .. } => {}
     }
     Ok(())
 }

@@ -18,6 +18,8 @@ pub enum Role {
     Auth,
     /// The permission service alone: `fms permission`.
     Permission,
+    /// The picker alone: `fms picker` (auth and permission found by address).
+    Picker,
 }
 
 impl Role {
@@ -40,12 +42,47 @@ where
     Arc::new(move || Box::pin(f()))
 }
 
+/// A split deployment's picker: tokens verified against the auth service's JWKS, access
+/// decided by the permission service over gRPC.
+async fn remote_dependencies(
+    cfg: &Config,
+    shared: Shared,
+) -> Result<
+    (
+        Arc<fms_auth::verify::Authenticator>,
+        fms_picker::authz::Authz,
+    ),
+    String,
+> {
+    if cfg.auth.jwks_url.is_empty() {
+        return Err("fms picker needs auth.jwks_url (FMS_AUTH__JWKS_URL): where the auth service publishes its keys".into());
+    }
+    if cfg.picker.permission_url.is_empty() {
+        return Err("fms picker needs picker.permission_url (FMS_PICKER__PERMISSION_URL): the permission service's gRPC address".into());
+    }
+    let expect = fms_auth::tokens::Expect {
+        issuer: cfg.auth.issuer.clone(),
+        audience: cfg.auth.audience.clone(),
+    };
+    let authenticator =
+        fms_auth::verify::Authenticator::remote(expect, &cfg.auth.jwks_url, shared).await?;
+    let channel = tonic::transport::Endpoint::from_shared(cfg.picker.permission_url.clone())
+        .map_err(|e| format!("picker.permission_url: {e}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5))
+        .connect_lazy();
+    let client =
+        fms_proto::permission::v1::permission_service_client::PermissionServiceClient::new(channel);
+    Ok((authenticator, fms_picker::authz::Authz::Remote(client)))
+}
+
 /// Run until SIGTERM / SIGINT.
 pub fn run(cfg: Config, role: Role) -> Result<(), String> {
     let service_name: &'static str = match role {
         Role::All => "fms",
         Role::Auth => "fms-auth",
         Role::Permission => "fms-permission",
+        Role::Picker => "fms-picker",
     };
     fms_platform::logging::init(service_name, &cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -63,7 +100,7 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     let shared = Shared::from_config(&cfg.redis)
         .await
         .map_err(|e| e.to_string())?;
-    if role == Role::Auth && !shared.is_distributed() {
+    if matches!(role, Role::Auth | Role::Picker) && !shared.is_distributed() {
         tracing::warn!(
             "redis.url is empty: revocations and login throttling stay in this process; \
              replicas of this service will not see each other's logouts"
@@ -75,6 +112,11 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
         let auth = fms_auth::start(&cfg, db.clone(), shared.clone(), stop.clone()).await?;
         authenticator = Some(auth.authenticator.clone());
         api = api.merge(fms_auth::api::routes(auth));
+    }
+    if role == Role::Picker {
+        let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
+        let picker = fms_picker::start(&cfg, db.clone(), authz).await?;
+        api = api.merge(fms_picker::api::routes(picker, authenticator));
     }
     let mut grpc_services = GrpcServices::new();
     if role.runs_permission() {
@@ -100,8 +142,8 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
             }),
         ));
     }
-    if role.runs_auth() {
-        // Revocations and login throttling live there; the permission service needs no Redis.
+    if matches!(role, Role::All | Role::Auth | Role::Picker) {
+        // Revocations (and login throttling) live there; the permission service needs no Redis.
         let shared = shared.clone();
         checks.push((
             "shared_state",

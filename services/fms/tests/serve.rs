@@ -559,3 +559,105 @@ async fn permission_replicas_never_allow_after_a_revoke_returned() {
         "B answered {cached} checks from its cache:\n{metrics}"
     );
 }
+
+/// The split deployment: `fms auth`, `fms permission` and `fms picker` as three processes on
+/// PostgreSQL + Redis, the picker verifying tokens against the auth service's JWKS and
+/// asking the permission service over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_deployment_serves_the_picker_api() {
+    let mut env = vec![
+        ("FMS_DATABASE__URL", fresh_postgres().await),
+        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+        (
+            "FMS_REDIS__KEY_PREFIX",
+            format!("t{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    let auth = spawn(&["auth"], &env, false);
+    let perm = spawn(&["permission"], &env, true);
+    env.push((
+        "FMS_AUTH__JWKS_URL",
+        format!("{}/.well-known/jwks.json", auth.http),
+    ));
+    env.push(("FMS_PICKER__PERMISSION_URL", perm.grpc.clone().unwrap()));
+    let picker = spawn(&["picker"], &env, false);
+    let c = client();
+    let (alice_name, bob_name) = (username(), username());
+    let alice = login_session(&c, &auth.http, &alice_name).await;
+    let bob = login_session(&c, &auth.http, &bob_name).await;
+    let (alice, bob) = (
+        alice["access_token"].as_str().unwrap().to_string(),
+        bob["access_token"].as_str().unwrap().to_string(),
+    );
+    let url = &picker.http;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = c
+        .post(format!("{url}/api/upload?name=split.bin"))
+        .bearer_auth(&alice)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let f: Value = r.json().await.unwrap();
+    let id = f["id"].as_str().unwrap().to_string();
+    let content = format!("{url}/api/files/{id}/content");
+    assert_eq!(
+        c.get(&content)
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let share = |rights: Value| {
+        c.post(format!("{url}/api/files/share"))
+            .bearer_auth(&alice)
+            .json(&json!({"file_id": id, "with": bob_name, "rights": rights}))
+            .send()
+    };
+    assert_eq!(share(json!(["read"])).await.unwrap().status(), 200);
+    let got = c.get(&content).bearer_auth(&bob).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), data.as_slice());
+    assert_eq!(share(json!([])).await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(&content)
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "revoked: refused at once"
+    );
+    // Logout at the auth service is honoured by the picker (shared revocations in Redis).
+    let r = c
+        .post(format!("{}/auth/logout", auth.http))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let s = c
+            .get(format!("{url}/api/files"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if s == 401 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "picker still accepts a logged-out token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready = c.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+}

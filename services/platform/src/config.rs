@@ -67,6 +67,9 @@ pub struct PickerConfig {
     pub quota: ByteSize,
     /// An upload that sends nothing for this long is cut off (408).
     pub idle_timeout: Duration,
+    /// gRPC address of the permission service (`http://permission:9090`); empty when it
+    /// runs in this process (`fms serve`).
+    pub permission_url: String,
 }
 
 impl Default for PickerConfig {
@@ -75,6 +78,7 @@ impl Default for PickerConfig {
             max_file_size: ByteSize(5 << 30),
             quota: ByteSize(10 << 30),
             idle_timeout: Duration(std::time::Duration::from_secs(30)),
+            permission_url: String::new(),
         }
     }
 }
@@ -444,6 +448,13 @@ impl Config {
             return Err(invalid(
                 "picker.idle_timeout",
                 "must be between 1s and 1h".into(),
+            ));
+        }
+        let u = &self.picker.permission_url;
+        if !u.is_empty() && !u.starts_with("http://") && !u.starts_with("https://") {
+            return Err(invalid(
+                "picker.permission_url",
+                "must be an http(s):// gRPC address or empty".into(),
             ));
         }
         let p = &self.permission;
