@@ -30,7 +30,7 @@ impl Role {
         matches!(self, Role::All | Role::Permission)
     }
     fn has_grpc(self) -> bool {
-        self.runs_permission()
+        self.runs_permission() || self == Role::Picker
     }
 }
 
@@ -113,12 +113,13 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
         authenticator = Some(auth.authenticator.clone());
         api = api.merge(fms_auth::api::routes(auth));
     }
+    let mut grpc_services = GrpcServices::new();
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
         let picker = fms_picker::start(&cfg, db.clone(), authz).await?;
+        grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
         api = api.merge(fms_picker::api::routes(picker, authenticator));
     }
-    let mut grpc_services = GrpcServices::new();
     if role.runs_permission() {
         let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
         grpc_services = grpc_services.with(fms_permission::grpc::Service::server(perms.clone()));
@@ -128,6 +129,7 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
             // The picker asks the permission service in this process.
             let picker =
                 fms_picker::start(&cfg, db.clone(), fms_picker::authz::Authz::Local(perms)).await?;
+            grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
             api = api.merge(fms_picker::api::routes(picker, authenticator));
         }
     }

@@ -203,7 +203,7 @@ fn file_json(f: &FileRow, rights: Rights) -> Value {
     })
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -233,10 +233,10 @@ fn over_quota(quota: u64, used: u64) -> ApiError {
 
 /// How much more a request may store: the file-size limit per file, the quota across the
 /// request's files.
-struct Budget {
-    max_file: u64,
-    quota: u64,
-    used: u64,
+pub(crate) struct Budget {
+    pub(crate) max_file: u64,
+    pub(crate) quota: u64,
+    pub(crate) used: u64,
 }
 
 impl Budget {
@@ -250,19 +250,20 @@ impl Budget {
 }
 
 /// A file stored by this request (undone if a later file of the same request fails).
-struct Stored {
-    row: FileRow,
+pub(crate) struct Stored {
+    pub(crate) row: FileRow,
     engine_id: fms_engine::FileId,
-    new_bytes: u64,
+    pub(crate) new_bytes: u64,
 }
 
 /// Stream one file into the engine, then record it: metadata row, owner grant.
-async fn store_stream<S, E>(
+pub(crate) async fn store_stream<S, E>(
     p: &Picker,
     user: &str,
     name: String,
     mut stream: S,
     declared: Option<u64>,
+    expected_blake3: Option<&str>,
     budget: &mut Budget,
 ) -> Result<Stored, ApiError>
 where
@@ -339,6 +340,14 @@ where
     }
     let info = ingest.finish().await.map_err(ApiError::internal)?;
     let hash = hex::encode(info.meta.hash);
+    if let Some(want) = expected_blake3
+        && !want.eq_ignore_ascii_case(&hash)
+    {
+        let _ = p.engine.delete(info.id).await;
+        return Err(ApiError::bad_request(format!(
+            "the content's BLAKE3 is {hash}, not the expected {want}"
+        )));
+    }
     // Counted against this user's own files only: whether anyone else stores the same
     // bytes is never observable.
     let new_bytes = if p
@@ -384,7 +393,7 @@ where
 }
 
 /// Undo the files a failed request had stored.
-async fn unstore(p: &Picker, stored: Vec<Stored>) {
+pub(crate) async fn unstore(p: &Picker, stored: Vec<Stored>) {
     for s in stored {
         let _ = p.authz.delete_object(&s.row.id).await;
         let _ = p.meta.delete(&s.row.id).await;
@@ -447,7 +456,7 @@ async fn upload(
                     )));
                 }
                 let name = check_name(&name)?.to_string();
-                let s = store_stream(&p, &user, name, field, None, &mut budget).await?;
+                let s = store_stream(&p, &user, name, field, None, None, &mut budget).await?;
                 stored.push(s);
             }
             Ok(())
@@ -479,13 +488,13 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let stream = request.into_body().into_data_stream();
-    let s = store_stream(&p, &user, name, stream, declared, &mut budget).await?;
+    let s = store_stream(&p, &user, name, stream, declared, None, &mut budget).await?;
     Ok((StatusCode::CREATED, Json(stored_json(&s))).into_response())
 }
 
 /// The row of a file `user` holds `right` on; 404 if they cannot read it, 403 if they can
 /// read it but lack `right`.
-async fn authorized(
+pub(crate) async fn authorized(
     p: &Picker,
     user: &str,
     id: &str,

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod authz;
 pub mod engine;
+pub mod grpc;
 pub mod meta;
 
 use std::sync::Arc;

@@ -4,10 +4,16 @@ use fms_platform::db::{Db, DbError, Migration};
 use serde::Serialize;
 use sqlx::Row;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/0001_picker.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../migrations/0001_picker.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../migrations/0002_put_keys.sql"),
+    },
+];
 
 /// What a file is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,5 +148,36 @@ impl Meta {
                 .fetch_optional(&self.db.pool)
                 .await?;
         Ok(r.is_some())
+    }
+
+    /// The file an idempotency key already produced, if any.
+    pub async fn put_key(&self, owner: &str, key: &str) -> Result<Option<String>, sqlx::Error> {
+        let r = sqlx::query("SELECT file_id FROM put_keys WHERE owner_id = $1 AND key = $2")
+            .bind(owner)
+            .bind(key)
+            .fetch_optional(&self.db.pool)
+            .await?;
+        r.map(|r| r.try_get::<String, _>(0)).transpose()
+    }
+
+    /// Record that `key` produced `file`; false if another call recorded it first.
+    pub async fn claim_put_key(
+        &self,
+        owner: &str,
+        key: &str,
+        file: &str,
+        now: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO put_keys (owner_id, key, file_id, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(owner)
+        .bind(key)
+        .bind(file)
+        .bind(now)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 }

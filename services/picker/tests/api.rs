@@ -975,3 +975,195 @@ async fn every_route_by_role_matches_the_policy() {
         );
     }
 }
+
+/// The internal gRPC API (used by the downloader and the transformer): PutFile streams a
+/// file in for a user (size and BLAKE3 checked, idempotent by key, a broken or lying stream
+/// stores nothing); ReadFile and StatFile are authorized like REST reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_grpc_put_read_stat() {
+    use fms_proto::picker::v1 as pb;
+    use pb::picker_internal_service_client::PickerInternalServiceClient;
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let (bob, _) = user(&c, url).await;
+    let id_of = |token: String| {
+        let c = c.clone();
+        async move {
+            let me: Value = c
+                .get(format!("{url}/auth/me"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            me["id"].as_str().unwrap().to_string()
+        }
+    };
+    let (alice_id, bob_id) = (id_of(alice.clone()).await, id_of(bob.clone()).await);
+    let services = fms_platform::grpc::GrpcServices::new()
+        .with(fms_picker::grpc::Internal::server(s.picker.clone()));
+    let (routes, health) = fms_platform::grpc::routes(services).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(fms_platform::grpc::serve(
+        listener,
+        routes,
+        health,
+        "t",
+        s.stop.clone(),
+        Duration::from_secs(1),
+    ));
+    let mut g = PickerInternalServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let data = random(1_500_000, 21);
+    let hash = blake3::hash(&data).to_hex().to_string();
+    let put = |header: pb::PutFileHeader, data: Vec<u8>, pieces: usize| {
+        let mut msgs = vec![pb::PutFileRequest {
+            msg: Some(pb::put_file_request::Msg::Header(header)),
+        }];
+        let step = data.len().div_ceil(pieces.max(1)).max(1);
+        for piece in data.chunks(step) {
+            msgs.push(pb::PutFileRequest {
+                msg: Some(pb::put_file_request::Msg::Data(
+                    bytes::Bytes::copy_from_slice(piece),
+                )),
+            });
+        }
+        tokio_stream::iter(msgs)
+    };
+    let header = |key: &str, blake: &str, size: Option<u64>| pb::PutFileHeader {
+        owner_id: alice_id.clone(),
+        name: "imported.bin".into(),
+        expected_size: size,
+        expected_blake3: blake.into(),
+        idempotency_key: key.into(),
+        origin: "import:url".into(),
+    };
+    let f = g
+        .put_file(put(
+            header("k1", &hash, Some(data.len() as u64)),
+            data.clone(),
+            3,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(
+        (f.size, f.blake3.as_str(), f.owner_id.as_str()),
+        (data.len() as u64, hash.as_str(), alice_id.as_str())
+    );
+    // Retried with the same key: the same file, nothing stored twice.
+    let again = g
+        .put_file(put(header("k1", &hash, None), data.clone(), 1))
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(again.id, f.id);
+    // Lies are refused and store nothing: wrong hash, wrong size, data before the header.
+    let e = g
+        .put_file(put(header("", &"0".repeat(64), None), data.clone(), 2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = g
+        .put_file(put(header("", "", Some(5)), data.clone(), 2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = g
+        .put_file(tokio_stream::iter(vec![pb::PutFileRequest {
+            msg: Some(pb::put_file_request::Msg::Data(bytes::Bytes::from_static(
+                b"x",
+            ))),
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let list: Value = c
+        .get(format!("{url}/api/files"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+
+    // ReadFile: info first, then the bytes of the range; strangers get NOT_FOUND.
+    let mut stream = g
+        .read_file(pb::ReadFileRequest {
+            file_id: f.id.clone(),
+            user_id: alice_id.clone(),
+            offset: 1000,
+            length: 500_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert!(matches!(
+        first.msg,
+        Some(pb::read_file_response::Msg::Info(_))
+    ));
+    let mut got = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        match m.msg {
+            Some(pb::read_file_response::Msg::Data(b)) => got.extend_from_slice(&b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got.as_slice(), &data[1000..501_000]);
+    let e = g
+        .read_file(pb::ReadFileRequest {
+            file_id: f.id.clone(),
+            user_id: bob_id.clone(),
+            offset: 0,
+            length: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = g
+        .read_file(pb::ReadFileRequest {
+            file_id: f.id.clone(),
+            user_id: alice_id.clone(),
+            offset: data.len() as u64 + 1,
+            length: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange);
+    let st = g
+        .stat_file(pb::StatFileRequest {
+            file_id: f.id.clone(),
+            user_id: alice_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .file
+        .unwrap();
+    assert_eq!(st.blake3, hash);
+    let e = g
+        .stat_file(pb::StatFileRequest {
+            file_id: f.id.clone(),
+            user_id: bob_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
