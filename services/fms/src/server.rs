@@ -116,7 +116,7 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     let mut grpc_services = GrpcServices::new();
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
-        let picker = fms_picker::start(&cfg, db.clone(), authz).await?;
+        let picker = fms_picker::start_with_gc(&cfg, db.clone(), authz, stop.clone()).await?;
         grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
         api = api.merge(fms_picker::api::routes(picker, authenticator));
     }
@@ -127,8 +127,13 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
             && let Some(authenticator) = authenticator.clone()
         {
             // The picker asks the permission service in this process.
-            let picker =
-                fms_picker::start(&cfg, db.clone(), fms_picker::authz::Authz::Local(perms)).await?;
+            let picker = fms_picker::start_with_gc(
+                &cfg,
+                db.clone(),
+                fms_picker::authz::Authz::Local(perms),
+                stop.clone(),
+            )
+            .await?;
             grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
             api = api.merge(fms_picker::api::routes(picker, authenticator));
         }

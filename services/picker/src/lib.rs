@@ -28,9 +28,56 @@ pub struct Picker {
     /// Accounts (share targets are named by username).
     pub users: AuthStore,
     pub cfg: PickerConfig,
+    /// Background GC passes completed (for tests and metrics).
+    pub gc_runs: std::sync::atomic::AtomicU64,
 }
 
-/// Open the store under `cfg.data_dir` and the metadata tables.
+/// Open the store under `cfg.data_dir` and the metadata tables; collect garbage every
+/// `picker.gc_interval` until `stop`.
+pub async fn start_with_gc(
+    cfg: &Config,
+    db: Db,
+    authz: Authz,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<Arc<Picker>, String> {
+    let picker = start(cfg, db, authz).await?;
+    let every = cfg.picker.gc_interval.0;
+    if !every.is_zero() {
+        let engine = picker.engine.clone();
+        let this = Arc::downgrade(&picker);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await; // not at start-up
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let store = engine.store().clone();
+                match tokio::task::spawn_blocking(move || store.gc()).await {
+                    Ok(Ok(r)) => {
+                        if let Some(p) = this.upgrade() {
+                            p.gc_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        metrics::counter!("picker_gc_bytes_reclaimed_total")
+                            .increment(r.bytes_reclaimed);
+                        tracing::info!(
+                            sessions_expired = r.sessions_expired,
+                            packs_compacted = r.packs_compacted,
+                            bytes_reclaimed = r.bytes_reclaimed,
+                            "chunk store GC"
+                        );
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "chunk store GC failed"),
+                    Err(e) => tracing::error!(error = %e, "chunk store GC task failed"),
+                }
+            }
+        });
+    }
+    Ok(picker)
+}
+
+/// Open the store under `cfg.data_dir` and the metadata tables (no background work).
 pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, String> {
     let engine = Engine::open(cfg.data_dir.clone())
         .await
@@ -47,5 +94,6 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         authz,
         users,
         cfg: cfg.picker.clone(),
+        gc_runs: 0.into(),
     }))
 }

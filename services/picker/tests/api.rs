@@ -46,11 +46,16 @@ async fn start(postgres: bool) -> Server {
 }
 
 async fn start_with(postgres: bool, max_file: u64, quota: u64) -> Server {
+    start_full(postgres, max_file, quota, Duration::ZERO).await
+}
+
+async fn start_full(postgres: bool, max_file: u64, quota: u64, gc_every: Duration) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    cfg.picker.gc_interval = Dur(gc_every);
     cfg.picker.max_file_size = ByteSize(max_file);
     cfg.picker.quota = ByteSize(quota);
     cfg.picker.idle_timeout = Dur(Duration::from_secs(1));
@@ -71,9 +76,14 @@ async fn start_with(postgres: bool, max_file: u64, quota: u64) -> Server {
     let perms = fms_permission::start(&cfg, db.clone(), stop.clone())
         .await
         .unwrap();
-    let picker = fms_picker::start(&cfg, db, fms_picker::authz::Authz::Local(perms))
-        .await
-        .unwrap();
+    let picker = fms_picker::start_with_gc(
+        &cfg,
+        db,
+        fms_picker::authz::Authz::Local(perms),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let routes =
         fms_auth::api::routes(auth).merge(fms_picker::api::routes(picker.clone(), authenticator));
     let app = http::app(
@@ -1166,4 +1176,65 @@ async fn internal_grpc_put_read_stat() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+}
+
+/// Deleting a file drops its references at once (its bytes become dead, reclaimable), and
+/// the background GC runs on its interval (every second here). Compaction itself — sealed
+/// packs only; the active 256 MiB pack is left alone — is proven by the engine's tests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_free_references_and_gc_runs_in_the_background() {
+    let s = start_full(false, 1 << 30, 0, Duration::from_secs(1)).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let (_, doomed) = upload(&c, url, &alice, "doomed", random(4 << 20, 31)).await;
+    let (_, kept) = upload(&c, url, &alice, "kept", random(1 << 20, 32)).await;
+    let stats = || {
+        let st = s.picker.engine.store().clone();
+        async move {
+            tokio::task::spawn_blocking(move || st.stats().unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let before = stats().await;
+    assert_eq!(before.files, 2);
+    let id = doomed["id"].as_str().unwrap();
+    assert_eq!(
+        c.delete(format!("{url}/api/files/{id}"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let after = stats().await;
+    assert_eq!(after.files, 1);
+    assert_eq!(
+        after.live_chunk_bytes,
+        1 << 20,
+        "only the kept file's bytes are live"
+    );
+    assert!(after.dead_bytes >= 4 << 20, "{after:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while s.picker.gc_runs.load(std::sync::atomic::Ordering::Relaxed) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background GC did not run"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kept_id = kept["id"].as_str().unwrap();
+    let r = c
+        .get(format!("{url}/api/files/{kept_id}/content"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        random(1 << 20, 32).as_slice(),
+        "GC keeps live data"
+    );
 }

@@ -70,6 +70,9 @@ pub struct PickerConfig {
     /// gRPC address of the permission service (`http://permission:9090`); empty when it
     /// runs in this process (`fms serve`).
     pub permission_url: String,
+    /// How often the chunk store is garbage-collected (expired upload sessions, packs
+    /// with much dead data compacted); 0s: never (run `fms admin gc`).
+    pub gc_interval: Duration,
 }
 
 impl Default for PickerConfig {
@@ -79,6 +82,7 @@ impl Default for PickerConfig {
             quota: ByteSize(10 << 30),
             idle_timeout: Duration(std::time::Duration::from_secs(30)),
             permission_url: String::new(),
+            gc_interval: Duration(std::time::Duration::from_secs(600)),
         }
     }
 }
