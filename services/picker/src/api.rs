@@ -622,14 +622,22 @@ async fn list(
     Authenticated(claims): Authenticated,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if q.q.is_some() || q.sort.is_some() {
+    if let Some(sort) = q.sort.as_deref()
+        && sort != "created"
+    {
         return Err(ApiError::bad_request(
-            "q and sort are not supported yet: pages come in creation order",
+            "sort: only `created` (creation order, the default) is supported",
         ));
     }
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
+    }
+    if let Some(needle) = q.q.as_deref().filter(|s| !s.is_empty()) {
+        if needle.len() > MAX_NAME_LEN {
+            return Err(ApiError::bad_request("q is longer than a file name can be"));
+        }
+        return filtered(&p, &claims.sub, &needle.to_lowercase(), q.cursor, limit).await;
     }
     let page = p
         .authz
@@ -652,6 +660,66 @@ async fn list(
     Ok(Json(json!({
         "items": items,
         "next_cursor": if page.next.is_empty() { Value::Null } else { json!(page.next) },
+    })))
+}
+
+/// Files looked at, at most, by one filtered listing request. A request that runs out
+/// returns what it found (maybe nothing) and a cursor to go on from: never a silent cut-off.
+const FILTER_SCAN: usize = 10_000;
+
+fn list_error(e: AuthzError) -> ApiError {
+    match e {
+        AuthzError::Invalid(_) => ApiError::bad_request("invalid cursor"),
+        e => e.into(),
+    }
+}
+
+/// `GET /api/files?q=`: names containing `needle` (case-insensitive), in creation order.
+async fn filtered(
+    p: &Picker,
+    user: &str,
+    needle: &str,
+    cursor: Option<String>,
+    limit: u32,
+) -> Result<Json<Value>, ApiError> {
+    let mut token = cursor.unwrap_or_default();
+    let mut items = Vec::new();
+    let mut scanned = 0usize;
+    let next = 'scan: loop {
+        let page = p.authz.list(user, &token, 1000).await.map_err(list_error)?;
+        let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
+        let rows = p.meta.get_many(&ids).await.map_err(db_error)?;
+        let by_id: std::collections::HashMap<&str, &FileRow> =
+            rows.iter().map(|r| (r.id.as_str(), r)).collect();
+        for (id, rights) in &page.files {
+            scanned += 1;
+            if let Some(row) = by_id.get(id.as_str())
+                && row.name.to_lowercase().contains(needle)
+            {
+                items.push(file_json(row, *rights));
+                if items.len() == limit as usize {
+                    // Go on right after this file.
+                    break 'scan Some(
+                        fms_permission::model::PageToken {
+                            right: Right::Read,
+                            after: id.clone(),
+                        }
+                        .encode(),
+                    );
+                }
+            }
+        }
+        if page.next.is_empty() {
+            break None;
+        }
+        if scanned >= FILTER_SCAN {
+            break Some(page.next);
+        }
+        token = page.next;
+    };
+    Ok(Json(json!({
+        "items": items,
+        "next_cursor": next,
     })))
 }
 

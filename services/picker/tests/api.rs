@@ -1238,3 +1238,80 @@ async fn deletes_free_references_and_gc_runs_in_the_background() {
         "GC keeps live data"
     );
 }
+
+/// `?q=` filters by name (case-insensitive) across pages, in creation order; `sort` other
+/// than `created` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_filters_by_name_across_pages() {
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let mut want = Vec::new();
+    for i in 0..30 {
+        let name = if i % 3 == 0 {
+            format!("Report-{i}.pdf")
+        } else {
+            format!("photo-{i}.jpg")
+        };
+        let (status, f) = upload(&c, url, &alice, &name, vec![i as u8; 10]).await;
+        assert_eq!(status, 201);
+        if i % 3 == 0 {
+            want.push(f["id"].as_str().unwrap().to_string());
+        }
+    }
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let u = match &cursor {
+            Some(cur) => format!("{url}/api/files?q=rePORT&limit=4&cursor={cur}"),
+            None => format!("{url}/api/files?q=rePORT&limit=4"),
+        };
+        let page: Value = c
+            .get(u)
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 4);
+        assert!(
+            items
+                .iter()
+                .all(|i| i["name"].as_str().unwrap().starts_with("Report-"))
+        );
+        got.extend(items.iter().map(|i| i["id"].as_str().unwrap().to_string()));
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => break,
+        }
+        assert!(pages < 10);
+    }
+    assert_eq!(got, want, "every match, once, in creation order");
+    let r = c
+        .get(format!("{url}/api/files?sort=size"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!("{url}/api/files?sort=created&q=nothing-matches"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["items"].as_array().unwrap().len(),
+            v["next_cursor"].clone()
+        ),
+        (0, Value::Null)
+    );
+}
