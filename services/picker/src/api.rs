@@ -602,7 +602,7 @@ async fn content(
             .parse()
             .map_err(|e| ApiError::internal(format!("file {} has a bad engine id: {e}", row.id)))?;
         metrics::counter!("picker_download_bytes_total").increment(end - start);
-        Body::from_stream(p.engine.read(engine_id, start, end))
+        Body::from_stream(p.engine.read(engine_id, start, end, p.cfg.idle_timeout.0))
     };
     builder.body(body).map_err(ApiError::internal)
 }

@@ -121,19 +121,36 @@ impl Engine {
     /// Bytes `start..end` of a file as a stream of frames. Every chunk is verified; a
     /// corrupt one ends the stream with an error (the client sees a cut-short body, never
     /// wrong bytes).
+    ///
+    /// A reader that takes nothing for `stall` is cut off: a client that stops reading does
+    /// not hold a thread and the file open forever.
     pub fn read(
         &self,
         id: FileId,
         start: u64,
         end: u64,
+        stall: std::time::Duration,
     ) -> tokio_stream::wrappers::ReceiverStream<Result<Bytes, std::io::Error>> {
         let (tx, rx) = mpsc::channel(FRAMES_IN_FLIGHT);
         let store = self.store.clone();
+        let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            // `false`: the reader is gone or stalled; stop.
+            let send = |item: Result<Bytes, std::io::Error>| -> bool {
+                match handle.block_on(tokio::time::timeout(stall, tx.send(item))) {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) => false,
+                    Err(_) => {
+                        tracing::info!(file = %id, "download stalled; cut off");
+                        metrics::counter!("picker_downloads_stalled_total").increment(1);
+                        false
+                    }
+                }
+            };
             let reader = match store.read_range(id, start, end) {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                    send(Err(std::io::Error::other(e.to_string())));
                     return;
                 }
             };
@@ -143,31 +160,29 @@ impl Engine {
             for frame in reader {
                 match frame {
                     Ok(b) if pending.is_empty() && b.len() >= FRAME => {
-                        if tx.blocking_send(Ok(b)).is_err() {
+                        if !send(Ok(b)) {
                             return;
                         }
                     }
                     Ok(b) => {
                         pending.extend_from_slice(&b);
-                        if pending.len() >= FRAME
-                            && tx.blocking_send(Ok(pending.split().freeze())).is_err()
-                        {
-                            return; // client gone
+                        if pending.len() >= FRAME && !send(Ok(pending.split().freeze())) {
+                            return;
                         }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, file = %id, "read failed");
                         // What was verified goes out first; then the error cuts the body.
-                        if !pending.is_empty() {
-                            let _ = tx.blocking_send(Ok(pending.split().freeze()));
+                        if !pending.is_empty() && !send(Ok(pending.split().freeze())) {
+                            return;
                         }
-                        let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+                        send(Err(std::io::Error::other(e.to_string())));
                         return;
                     }
                 }
             }
             if !pending.is_empty() {
-                let _ = tx.blocking_send(Ok(pending.freeze()));
+                send(Ok(pending.freeze()));
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)

@@ -182,13 +182,16 @@ impl PickerInternalService for Internal {
         let head = pb::ReadFileResponse {
             msg: Some(pb::read_file_response::Msg::Info(info(&row, 0))),
         };
-        let data = p.engine.read(engine_id, r.offset, end).map(|frame| {
-            frame
-                .map(|b| pb::ReadFileResponse {
-                    msg: Some(pb::read_file_response::Msg::Data(b)),
-                })
-                .map_err(|e| Status::data_loss(e.to_string()))
-        });
+        let data = p
+            .engine
+            .read(engine_id, r.offset, end, p.cfg.idle_timeout.0)
+            .map(|frame| {
+                frame
+                    .map(|b| pb::ReadFileResponse {
+                        msg: Some(pb::read_file_response::Msg::Data(b)),
+                    })
+                    .map_err(|e| Status::data_loss(e.to_string()))
+            });
         let out = futures_util::stream::once(async move { Ok(head) }).chain(data);
         Ok(Response::new(Box::pin(out)))
     }

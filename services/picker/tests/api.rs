@@ -1315,3 +1315,39 @@ async fn listing_filters_by_name_across_pages() {
         (0, Value::Null)
     );
 }
+
+/// A client that stops reading a download is cut off after the idle timeout (1 s here): it
+/// does not hold a reader thread and the file open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_download_is_cut_off() {
+    let s = start_with(false, 1 << 30, 0).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let size = 48 << 20;
+    let (_, f) = upload(&c, url, &alice, "big", random(size, 41)).await;
+    let id = f["id"].as_str().unwrap();
+    let addr = url.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /api/files/{id}/content HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {alice}\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes()).await.unwrap();
+    // Read nothing for a while: socket buffers fill, the server's sends stall.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the server neither sent nor closed"),
+        }
+        assert!(std::time::Instant::now() < deadline);
+    }
+    assert!(
+        total < size,
+        "the whole file arrived ({total} bytes): nothing was cut off"
+    );
+}

@@ -65,7 +65,8 @@ pub struct PickerConfig {
     pub max_file_size: ByteSize,
     /// Bytes each user may own, counted by file size whatever dedup saves (0: no quota).
     pub quota: ByteSize,
-    /// An upload that sends nothing for this long is cut off (408).
+    /// An upload that sends nothing for this long is cut off (408); so is a download whose
+    /// client takes nothing for this long.
     pub idle_timeout: Duration,
     /// gRPC address of the permission service (`http://permission:9090`); empty when it
     /// runs in this process (`fms serve`).
