@@ -160,6 +160,30 @@ async fn fms_serve_runs_the_system_with_no_external_server() {
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }
+    // The picker: upload, list, ranged download through `fms serve`.
+    let t = login_session(&c, &url, &username()).await;
+    let token = t["access_token"].as_str().unwrap();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let up: Value = c
+        .post(format!("{url}/api/upload?name=hello.bin"))
+        .bearer_auth(token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = up["id"].as_str().unwrap();
+    let r = c
+        .get(format!("{url}/api/files/{id}/content"))
+        .bearer_auth(token)
+        .header("range", "bytes=1000-1999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[1000..2000]);
     // gRPC: the standard health service and reflection answer.
     let grpc = p.grpc.clone().unwrap();
     let channel = tonic::transport::Endpoint::from_shared(grpc)

@@ -1351,3 +1351,57 @@ async fn a_stalled_download_is_cut_off() {
         "the whole file arrived ({total} bytes): nothing was cut off"
     );
 }
+
+/// The same 50 MiB uploaded by two users is stored once; each sees only their own file, and
+/// each is charged its full size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_same_bytes_stored_once() {
+    let s = start_with(false, 1 << 30, 0).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let (bob, _) = user(&c, url).await;
+    let data = random(50 << 20, 51);
+    let (_, a) = upload(&c, url, &alice, "same.bin", data.clone()).await;
+    let (_, b) = upload(&c, url, &bob, "same.bin", data.clone()).await;
+    assert_ne!(a["id"], b["id"]);
+    assert_eq!(a["new_bytes"], b["new_bytes"], "both see the same answer");
+    let st = s.picker.engine.store().clone();
+    let stats = tokio::task::spawn_blocking(move || st.stats().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stats.logical_bytes, 2 * (50 << 20));
+    assert_eq!(stats.live_chunk_bytes, 50 << 20, "stored once");
+    for (token, mine) in [(&alice, &a), (&bob, &b)] {
+        let list: Value = c
+            .get(format!("{url}/api/files"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec![mine["id"].as_str().unwrap()]);
+    }
+    for who in [
+        s.picker
+            .meta
+            .usage(&a["owner_id"].as_str().unwrap())
+            .await
+            .unwrap(),
+        s.picker
+            .meta
+            .usage(b["owner_id"].as_str().unwrap())
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(who, 50 << 20, "each charged in full");
+    }
+}
