@@ -1393,7 +1393,7 @@ async fn two_users_same_bytes_stored_once() {
     for who in [
         s.picker
             .meta
-            .usage(&a["owner_id"].as_str().unwrap())
+            .usage(a["owner_id"].as_str().unwrap())
             .await
             .unwrap(),
         s.picker
