@@ -383,6 +383,13 @@ where
         return Err(e.into());
     }
     budget.used += row.size;
+    p.events.publish(
+        "file.uploaded",
+        vec![user.to_string()],
+        &row.id,
+        json!({"file_id": row.id, "name": row.name, "size": row.size,
+               "content_type": row.content_type}),
+    );
     metrics::counter!("picker_uploads_total").increment(1);
     metrics::counter!("picker_upload_bytes_total").increment(row.size);
     Ok(Stored {
@@ -764,6 +771,12 @@ async fn delete_file(
             }
         }
     }
+    p.events.publish(
+        "file.deleted",
+        vec![row.owner_id.clone()],
+        &id,
+        json!({"file_id": id, "name": row.name}),
+    );
     metrics::counter!("picker_deletes_total").increment(1);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -830,6 +843,18 @@ async fn share(
         .authz
         .update(&actor, &row.id, &target.id, &grant, &revoke)
         .await?;
+    // The grantee's next listing with this revision is guaranteed to show the file.
+    let mut told = vec![target.id.clone(), row.owner_id.clone()];
+    if actor != row.owner_id {
+        told.push(actor.clone());
+    }
+    p.events.publish(
+        "file.shared",
+        told,
+        &row.id,
+        json!({"file_id": row.id, "name": row.name, "with": target.id,
+               "rights": rights_json(wanted), "revision": revision}),
+    );
     Ok(Json(json!({
         "file_id": row.id,
         "with": target.username,

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod authz;
 pub mod engine;
+pub mod events;
 pub mod grpc;
 pub mod meta;
 
@@ -28,6 +29,8 @@ pub struct Picker {
     /// Accounts (share targets are named by username).
     pub users: AuthStore,
     pub cfg: PickerConfig,
+    /// Events for the notification service.
+    pub events: events::Publisher,
     /// Background GC passes completed (for tests and metrics).
     pub gc_runs: std::sync::atomic::AtomicU64,
 }
@@ -88,12 +91,18 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
     let users = AuthStore::open(db)
         .await
         .map_err(|e| format!("accounts: {e}"))?;
+    let events = if cfg.picker.notification_url.is_empty() {
+        events::Publisher::none()
+    } else {
+        events::Publisher::grpc(&cfg.picker.notification_url)?
+    };
     Ok(Arc::new(Picker {
         engine,
         meta,
         authz,
         users,
         cfg: cfg.picker.clone(),
+        events,
         gc_runs: 0.into(),
     }))
 }

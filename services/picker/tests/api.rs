@@ -46,15 +46,22 @@ async fn start(postgres: bool) -> Server {
 }
 
 async fn start_with(postgres: bool, max_file: u64, quota: u64) -> Server {
-    start_full(postgres, max_file, quota, Duration::ZERO).await
+    start_full(postgres, max_file, quota, Duration::ZERO, "").await
 }
 
-async fn start_full(postgres: bool, max_file: u64, quota: u64, gc_every: Duration) -> Server {
+async fn start_full(
+    postgres: bool,
+    max_file: u64,
+    quota: u64,
+    gc_every: Duration,
+    notification_url: &str,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
+    cfg.picker.notification_url = notification_url.to_string();
     cfg.picker.gc_interval = Dur(gc_every);
     cfg.picker.max_file_size = ByteSize(max_file);
     cfg.picker.quota = ByteSize(quota);
@@ -1183,7 +1190,7 @@ async fn internal_grpc_put_read_stat() {
 /// packs only; the active 256 MiB pack is left alone — is proven by the engine's tests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_free_references_and_gc_runs_in_the_background() {
-    let s = start_full(false, 1 << 30, 0, Duration::from_secs(1)).await;
+    let s = start_full(false, 1 << 30, 0, Duration::from_secs(1), "").await;
     let c = client();
     let url = &s.url;
     let (alice, _) = user(&c, url).await;
@@ -1403,5 +1410,103 @@ async fn two_users_same_bytes_stored_once() {
             .unwrap(),
     ] {
         assert_eq!(who, 50 << 20, "each charged in full");
+    }
+}
+
+/// Records what the picker publishes, following the `fms.notification.v1` contract (the
+/// notification service itself lands with its own issue).
+#[derive(Clone, Default)]
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<fms_proto::notification::v1::PublishRequest>>>);
+
+#[tonic::async_trait]
+impl fms_proto::notification::v1::notification_service_server::NotificationService for Recorder {
+    async fn publish(
+        &self,
+        request: tonic::Request<fms_proto::notification::v1::PublishRequest>,
+    ) -> Result<tonic::Response<fms_proto::notification::v1::PublishResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_the_notification_service_and_never_block_requests() {
+    use fms_proto::notification::v1::notification_service_server::NotificationServiceServer;
+    let recorder = Recorder::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(NotificationServiceServer::new(recorder.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let s = start_full(false, 1 << 30, 0, Duration::ZERO, &format!("http://{addr}")).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let (_, bob_name) = user(&c, url).await;
+    let (_, f) = upload(&c, url, &alice, "e.bin", b"event me".to_vec()).await;
+    let id = f["id"].as_str().unwrap();
+    let r = c
+        .post(format!("{url}/api/files/share"))
+        .bearer_auth(&alice)
+        .json(&json!({"file_id": id, "with": bob_name, "rights": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let revision = r.json::<Value>().await.unwrap()["revision"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(
+        c.delete(format!("{url}/api/files/{id}"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while recorder.0.lock().unwrap().len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "events did not arrive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = recorder.0.lock().unwrap().clone();
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|r| r.event.as_ref().unwrap().r#type.as_str())
+        .collect();
+    assert_eq!(kinds, ["file.uploaded", "file.shared", "file.deleted"]);
+    let shared = &got[1];
+    assert_eq!(shared.user_ids.len(), 2, "the grantee and the owner");
+    let data: Value = serde_json::from_str(&shared.event.as_ref().unwrap().data_json).unwrap();
+    assert_eq!(
+        data["revision"].as_u64(),
+        Some(revision),
+        "the grantee can list at this revision"
+    );
+    assert!(got.iter().all(|r| r.event.as_ref().unwrap().subject == id));
+
+    // The notification service down: requests go on as fast as ever.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let s = start_full(false, 1 << 30, 0, Duration::ZERO, &format!("http://{dead}")).await;
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    for i in 0..20 {
+        let t = std::time::Instant::now();
+        let (status, _) = upload(&c, url, &alice, &format!("n{i}"), vec![i; 100]).await;
+        assert_eq!(status, 201);
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "an upload waited for the notification service"
+        );
     }
 }

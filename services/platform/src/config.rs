@@ -71,6 +71,9 @@ pub struct PickerConfig {
     /// gRPC address of the permission service (`http://permission:9090`); empty when it
     /// runs in this process (`fms serve`).
     pub permission_url: String,
+    /// gRPC address of the notification service (`http://notification:9090`) for
+    /// `file.uploaded` / `file.shared` / `file.deleted`; empty: events are dropped (counted).
+    pub notification_url: String,
     /// How often the chunk store is garbage-collected (expired upload sessions, packs
     /// with much dead data compacted); 0s: never (run `fms admin gc`).
     pub gc_interval: Duration,
@@ -83,6 +86,7 @@ impl Default for PickerConfig {
             quota: ByteSize(10 << 30),
             idle_timeout: Duration(std::time::Duration::from_secs(30)),
             permission_url: String::new(),
+            notification_url: String::new(),
             gc_interval: Duration(std::time::Duration::from_secs(600)),
         }
     }
@@ -455,12 +459,16 @@ impl Config {
                 "must be between 1s and 1h".into(),
             ));
         }
-        let u = &self.picker.permission_url;
-        if !u.is_empty() && !u.starts_with("http://") && !u.starts_with("https://") {
-            return Err(invalid(
-                "picker.permission_url",
-                "must be an http(s):// gRPC address or empty".into(),
-            ));
+        for (key, u) in [
+            ("picker.permission_url", &self.picker.permission_url),
+            ("picker.notification_url", &self.picker.notification_url),
+        ] {
+            if !u.is_empty() && !u.starts_with("http://") && !u.starts_with("https://") {
+                return Err(invalid(
+                    key,
+                    "must be an http(s):// gRPC address or empty".into(),
+                ));
+            }
         }
         let p = &self.permission;
         if p.sync_interval.0 < std::time::Duration::from_millis(1)
