@@ -372,11 +372,28 @@ where
         created_at: now,
         updated_at: now,
     };
-    // Metadata, then the owner grant; undo both if either fails (no file without owner).
+    // The quota again, against what is committed now (other uploads of this user may have
+    // finished meanwhile), under the user's commit lock: concurrent uploads cannot together
+    // pass it. Then metadata, then the owner grant; undo both if either fails.
+    let commit = p.commit_lock(user).lock().await;
+    if budget.quota > 0 {
+        let used = match p.meta.usage(user).await {
+            Ok(u) => u,
+            Err(e) => {
+                let _ = p.engine.delete(info.id).await;
+                return Err(db_error(e));
+            }
+        };
+        if used.saturating_add(row.size) > budget.quota {
+            let _ = p.engine.delete(info.id).await;
+            return Err(over_quota(budget.quota, used));
+        }
+    }
     if let Err(e) = p.meta.insert(&row).await {
         let _ = p.engine.delete(info.id).await;
         return Err(db_error(e));
     }
+    drop(commit);
     if let Err(e) = p.authz.create_owner(&row.id, user).await {
         let _ = p.meta.delete(&row.id).await;
         let _ = p.engine.delete(info.id).await;

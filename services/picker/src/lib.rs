@@ -33,6 +33,18 @@ pub struct Picker {
     pub events: events::Publisher,
     /// Background GC passes completed (for tests and metrics).
     pub gc_runs: std::sync::atomic::AtomicU64,
+    /// Quota checks at commit are serialized per user (by hash) in this process, so
+    /// concurrent uploads cannot together pass the quota.
+    commit_locks: Vec<tokio::sync::Mutex<()>>,
+}
+
+impl Picker {
+    /// The commit lock of `user`.
+    pub(crate) fn commit_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let h = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        &self.commit_locks[(h as usize) % self.commit_locks.len()]
+    }
 }
 
 /// Open the store under `cfg.data_dir` and the metadata tables; collect garbage every
@@ -104,5 +116,6 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         cfg: cfg.picker.clone(),
         events,
         gc_runs: 0.into(),
+        commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
     }))
 }

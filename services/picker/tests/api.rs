@@ -1510,3 +1510,57 @@ async fn events_reach_the_notification_service_and_never_block_requests() {
         );
     }
 }
+
+/// Concurrent uploads cannot together pass the quota (12 MiB here): of six 5 MiB uploads at
+/// once, at most two are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_cannot_pass_the_quota() {
+    let s = start(false).await;
+    let c = client();
+    let url = s.url.clone();
+    let (alice, _) = user(&c, &url).await;
+    let mut tasks = Vec::new();
+    for i in 0..6u64 {
+        let (c, url, alice) = (c.clone(), url.clone(), alice.clone());
+        // Each is 5 MiB, alone fine. One that starts after two have committed is refused
+        // from its Content-Length while its body is still on the way (a broken pipe for
+        // the client: counted as refused, the listing below is the judge).
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(format!("{url}/api/upload?name=c{i}"))
+                .bearer_auth(&alice)
+                .body(random(5 << 20, 60 + i))
+                .send()
+                .await;
+            r.map(|r| r.status().as_u16()).unwrap_or(0)
+        }));
+    }
+    let mut stored = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            201 => stored += 1,
+            413 | 0 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&stored),
+        "{stored} uploads of 5 MiB stored under a 12 MiB quota"
+    );
+    let list: Value = c
+        .get(format!("{url}/api/files"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let used: u64 = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["size"].as_u64().unwrap())
+        .sum();
+    assert!(used <= 12 << 20, "{used} bytes stored");
+}
