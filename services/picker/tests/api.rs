@@ -1564,3 +1564,154 @@ async fn concurrent_uploads_cannot_pass_the_quota() {
         .sum();
     assert!(used <= 12 << 20, "{used} bytes stored");
 }
+
+/// Reliability tests 16 and 17: 10,000 random ranges (`a-b`, `a-`, `-n`, boundaries, past
+/// the end, stale `If-Range`) with 0 byte mismatches; abusive Range headers (1,000 ranges,
+/// overlapping ranges, 64 KiB of header) served whole, each quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_conformance_and_abuse() {
+    let s = start_with(false, 1 << 30, 0).await;
+    let c = client();
+    let url = s.url.clone();
+    let (alice, _) = user(&c, &url).await;
+    let len = 300_001usize;
+    let data = std::sync::Arc::new(random(len, 71));
+    let (_, f) = upload(&c, &url, &alice, "r.bin", data.to_vec()).await;
+    let content = std::sync::Arc::new(format!(
+        "{url}/api/files/{}/content",
+        f["id"].as_str().unwrap()
+    ));
+    let etag = c
+        .head(content.as_str())
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let (c, content, alice, data, etag) = (
+            c.clone(),
+            content.clone(),
+            alice.clone(),
+            data.clone(),
+            etag.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ worker;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let len = data.len() as u64;
+            for _ in 0..1250 {
+                let near = |v: u64| {
+                    [0, 1, 65_535, 65_536, 65_537, len - 1, len, len + 1, v][(v % 9) as usize]
+                };
+                let a = if next(4) == 0 {
+                    near(next(len + 2))
+                } else {
+                    next(len + 2)
+                };
+                let b = if next(4) == 0 {
+                    near(next(len + 2))
+                } else {
+                    next(len + 2)
+                };
+                let (spec, want): (String, Option<(u64, u64)>) = match next(3) {
+                    0 => {
+                        let (a, b) = (a.min(b), a.max(b));
+                        (
+                            format!("bytes={a}-{b}"),
+                            (a < len).then(|| (a, b.min(len - 1) + 1)),
+                        )
+                    }
+                    1 => (format!("bytes={a}-"), (a < len).then_some((a, len))),
+                    _ => {
+                        let n = a;
+                        (
+                            format!("bytes=-{n}"),
+                            (n > 0).then(|| (len.saturating_sub(n), len)),
+                        )
+                    }
+                };
+                let stale = next(20) == 0;
+                let mut req = c
+                    .get(content.as_str())
+                    .bearer_auth(&alice)
+                    .header("range", &spec);
+                if stale {
+                    req = req.header("if-range", "\"stale\"");
+                } else if next(2) == 0 {
+                    req = req.header("if-range", &etag);
+                }
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                match (stale, want) {
+                    (true, _) => {
+                        assert_eq!(status, 200, "{spec} with a stale If-Range");
+                        assert_eq!(r.bytes().await.unwrap().len() as u64, len);
+                    }
+                    (false, None) => {
+                        assert_eq!(status, 416, "{spec}");
+                        assert_eq!(
+                            r.headers()["content-range"].to_str().unwrap(),
+                            format!("bytes */{len}")
+                        );
+                    }
+                    (false, Some((s, e))) => {
+                        assert_eq!(status, 206, "{spec}");
+                        assert_eq!(
+                            r.headers()["content-range"].to_str().unwrap(),
+                            format!("bytes {s}-{}/{len}", e - 1)
+                        );
+                        let body = r.bytes().await.unwrap();
+                        assert_eq!(body.as_ref(), &data[s as usize..e as usize], "{spec}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Abuse: served whole, quickly.
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("{}-{}", i * 7, i * 7 + 3))
+        .collect();
+    let overlapping: Vec<String> = (0..100).map(|_| "0-299999".to_string()).collect();
+    let huge = format!("bytes=0-{}", "9".repeat(64 * 1024));
+    for h in [
+        format!("bytes={}", many.join(",")),
+        format!("bytes={}", overlapping.join(",")),
+        huge,
+    ] {
+        let t = std::time::Instant::now();
+        let r = c
+            .get(content.as_str())
+            .bearer_auth(&alice)
+            .header("range", &h)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert!(
+            status == 200 || status == 431 || status == 400,
+            "{status} for a {}-byte Range",
+            h.len()
+        );
+        if status == 200 {
+            assert_eq!(r.bytes().await.unwrap().len(), len);
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}
