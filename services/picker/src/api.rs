@@ -45,6 +45,15 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         .route("/api/files/download", post(not_yet_import))
         .route("/api/transform/{id}", post(not_yet_transform))
         .route("/api/jobs/{id}", get(job))
+        .route(
+            "/api/openapi.json",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    crate::openapi::json(),
+                )
+            }),
+        )
         .layer(DefaultBodyLimit::max(JSON_LIMIT));
     let stream_routes = Router::new()
         .route("/api/upload", post(upload))
@@ -211,7 +220,7 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 #[derive(Debug, Deserialize)]
-struct UploadQuery {
+pub(crate) struct UploadQuery {
     name: Option<String>,
 }
 
@@ -436,7 +445,16 @@ const MAX_PARTS: usize = 1000;
 
 /// `POST /api/upload`: the request body is the file (any content type), or
 /// `multipart/form-data` with one or many files; streamed into the engine either way.
-async fn upload(
+#[utoipa::path(post, path = "/api/upload", tag = "files",
+    params(("name" = Option<String>, Query, description = "File name (raw bodies; else Content-Disposition, else `untitled`)")),
+    request_body(description = "The file itself (any content type), or multipart/form-data with one or many files", content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "Stored (multipart: `{\"files\": [...]}`, see UploadedFiles)", body = crate::openapi::FileRecord),
+        (status = 400, description = "Bad name, malformed multipart, body and Content-Length disagree", body = crate::openapi::ErrorBody),
+        (status = 408, description = "No data for picker.idle_timeout", body = crate::openapi::ErrorBody),
+        (status = 413, description = "file_too_large or quota_exceeded", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn upload(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Query(q): Query<UploadQuery>,
@@ -547,7 +565,13 @@ pub(crate) async fn authorized(
     Ok((row, rights))
 }
 
-async fn file_meta(
+#[utoipa::path(get, path = "/api/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id")),
+    responses(
+        (status = 200, description = "The record", body = crate::openapi::FileRecord),
+        (status = 404, description = "No such file, or you may not read it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn file_meta(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
@@ -557,7 +581,20 @@ async fn file_meta(
 }
 
 /// `GET`/`HEAD /api/files/:id/content`: the bytes, whole or one range.
-async fn content(
+#[utoipa::path(get, path = "/api/files/{id}/content", tag = "files",
+    params(
+        ("id" = String, Path, description = "File id"),
+        ("Range" = Option<String>, Header, description = "One range: bytes=a-b, a- or -n"),
+        ("If-None-Match" = Option<String>, Header, description = "ETag; 304 when it matches"),
+        ("If-Range" = Option<String>, Header, description = "ETag; the range only if it matches")),
+    responses(
+        (status = 200, description = "The whole file (also for HEAD, without a body)", content_type = "application/octet-stream"),
+        (status = 206, description = "The range, with Content-Range", content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified"),
+        (status = 404, description = "No such file, or you may not read it", body = crate::openapi::ErrorBody),
+        (status = 416, description = "Outside the file; Content-Range: bytes */size", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn content(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
@@ -632,7 +669,7 @@ async fn content(
 }
 
 #[derive(Debug, Deserialize)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     cursor: Option<String>,
     limit: Option<u32>,
     q: Option<String>,
@@ -641,7 +678,17 @@ struct ListQuery {
 
 /// `GET /api/files`: the files the caller may read, owned and shared, newest last (ids are
 /// UUIDv7), one page at a time.
-async fn list(
+#[utoipa::path(get, path = "/api/files", tag = "files",
+    params(
+        ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+        ("q" = Option<String>, Query, description = "Names containing this, case-insensitive"),
+        ("sort" = Option<String>, Query, description = "Only `created` (the default)")),
+    responses(
+        (status = 200, description = "Files you may read, in creation order", body = crate::openapi::FileList),
+        (status = 400, description = "Bad limit, cursor or sort", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Query(q): Query<ListQuery>,
@@ -749,11 +796,20 @@ async fn filtered(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenameBody {
+pub(crate) struct RenameBody {
     name: String,
 }
 
-async fn rename(
+#[utoipa::path(patch, path = "/api/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id")),
+    request_body = crate::openapi::RenameRequest,
+    responses(
+        (status = 200, description = "Renamed", body = crate::openapi::FileRecord),
+        (status = 400, description = "Bad name", body = crate::openapi::ErrorBody),
+        (status = 403, description = "You can read it but not write it", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such file, or you may not read it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn rename(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
@@ -770,7 +826,14 @@ async fn rename(
     Ok(Json(file_json(&row, rights)))
 }
 
-async fn delete_file(
+#[utoipa::path(delete, path = "/api/files/{id}", tag = "files",
+    params(("id" = String, Path, description = "File id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 403, description = "You can read it but not delete it", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such file, or you may not read it", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn delete_file(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
@@ -800,7 +863,7 @@ async fn delete_file(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ShareBody {
+pub(crate) struct ShareBody {
     file_id: String,
     with: String,
     rights: Vec<String>,
@@ -808,7 +871,15 @@ struct ShareBody {
 
 /// `POST /api/files/share`: set a user's rights on a file to exactly the list given (an
 /// empty list revokes everything).
-async fn share(
+#[utoipa::path(post, path = "/api/files/share", tag = "sharing",
+    request_body = crate::openapi::ShareRequest,
+    responses(
+        (status = 200, description = "The user's rights are now exactly the list", body = crate::openapi::ShareResult),
+        (status = 400, description = "Unknown right, yourself, or the owner", body = crate::openapi::ErrorBody),
+        (status = 403, description = "You can see the file but may not share it", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No such file (or you cannot see it), or no such user (user_not_found)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn share(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     ApiJson(body): ApiJson<ShareBody>,
@@ -880,7 +951,9 @@ async fn share(
     })))
 }
 
-async fn not_yet_import() -> ApiError {
+#[utoipa::path(post, path = "/api/files/download", tag = "jobs",
+    responses((status = 501, description = "Imports arrive with the downloader service", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn not_yet_import() -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "not_implemented",
@@ -888,7 +961,10 @@ async fn not_yet_import() -> ApiError {
     )
 }
 
-async fn not_yet_transform() -> ApiError {
+#[utoipa::path(post, path = "/api/transform/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "File id")),
+    responses((status = 501, description = "Transforms arrive with the transformer service", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn not_yet_transform() -> ApiError {
     ApiError::new(
         StatusCode::NOT_IMPLEMENTED,
         "not_implemented",
@@ -897,7 +973,10 @@ async fn not_yet_transform() -> ApiError {
 }
 
 /// No job exists until imports and transforms do.
-async fn job(Path(_id): Path<String>) -> ApiError {
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 404, description = "No jobs exist yet", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn job(Path(_id): Path<String>) -> ApiError {
     ApiError::not_found()
 }
 

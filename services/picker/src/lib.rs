@@ -8,6 +8,7 @@ pub mod engine;
 pub mod events;
 pub mod grpc;
 pub mod meta;
+pub mod openapi;
 
 use std::sync::Arc;
 

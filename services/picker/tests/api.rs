@@ -1715,3 +1715,105 @@ async fn range_conformance_and_abuse() {
         );
     }
 }
+
+/// The OpenAPI document: served, covering every route with its methods, its schemas naming
+/// exactly the fields real responses carry, and equal to the copy in docs/api/openapi.json
+/// (`FMS_UPDATE_OPENAPI=1` rewrites the copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_document_matches_the_api() {
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let doc: Value = c
+        .get(format!("{url}/api/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, methods) in [
+        ("/api/upload", &["post"][..]),
+        ("/api/files", &["get"]),
+        ("/api/files/{id}", &["get", "patch", "delete"]),
+        ("/api/files/{id}/content", &["get"]),
+        ("/api/files/share", &["post"]),
+        ("/api/files/download", &["post"]),
+        ("/api/transform/{id}", &["post"]),
+        ("/api/jobs/{id}", &["get"]),
+    ] {
+        for m in methods {
+            assert!(
+                doc["paths"][path][m].is_object(),
+                "{m} {path} missing from the document"
+            );
+        }
+    }
+    let props = |schema: &str| -> std::collections::BTreeSet<String> {
+        doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let keys = |v: &Value| -> std::collections::BTreeSet<String> {
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    let (alice, _) = user(&c, url).await;
+    let (bob, bob_name) = user(&c, url).await;
+    let _ = bob;
+    let (_, f) = upload(&c, url, &alice, "doc.txt", b"hello".to_vec()).await;
+    assert_eq!(
+        keys(&f),
+        props("FileRecord"),
+        "upload response vs FileRecord"
+    );
+    let list: Value = c
+        .get(format!("{url}/api/files"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&list), props("FileList"));
+    let mut item_keys = keys(&list["items"][0]);
+    item_keys.insert("new_bytes".into()); // uploads only
+    assert_eq!(item_keys, props("FileRecord"), "listing item vs FileRecord");
+    let shared: Value = c
+        .post(format!("{url}/api/files/share"))
+        .bearer_auth(&alice)
+        .json(&json!({"file_id": f["id"], "with": bob_name, "rights": ["read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&shared), props("ShareResult"));
+    let err: Value = c
+        .get(format!("{url}/api/files/nope"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&err), props("ErrorBody"));
+    assert_eq!(keys(&err["error"]), props("ErrorDetail"));
+
+    let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/openapi.json");
+    let generated = fms_picker::openapi::json();
+    if std::env::var_os("FMS_UPDATE_OPENAPI").is_some() {
+        std::fs::write(&copy, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&copy).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/api/openapi.json is stale: run FMS_UPDATE_OPENAPI=1 cargo test -p fms-picker --test api openapi"
+    );
+}
