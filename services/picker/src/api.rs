@@ -562,6 +562,13 @@ pub(crate) async fn authorized(
         .await
         .map_err(db_error)?
         .ok_or_else(ApiError::not_found)?;
+    // The permission checks say which rights are held, not whether they come from
+    // ownership: the row knows.
+    let rights = if row.owner_id == user {
+        Rights::OWNER
+    } else {
+        rights
+    };
     Ok((row, rights))
 }
 

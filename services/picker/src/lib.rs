@@ -39,7 +39,77 @@ pub struct Picker {
     commit_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
+/// What a reconciliation pass removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Engine files no metadata row names (a crash between engine commit and row insert).
+    pub engine_orphans: u64,
+    /// Rows whose owner holds nothing on them (a crash between row insert and owner grant,
+    /// or between access removal and row delete).
+    pub row_orphans: u64,
+}
+
 impl Picker {
+    /// Remove what a crash between the steps of an upload or delete left behind, older than
+    /// `grace` (so uploads in flight are never touched). Scans the store and the table: run
+    /// it rarely (the GC loop does, each tick).
+    pub async fn reconcile(&self, grace: std::time::Duration) -> Result<Reconciled, String> {
+        let now_ms = api::now_ms();
+        let cutoff = now_ms - i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let mut out = Reconciled::default();
+        // Rows without an owner grant: invisible to everyone, so gone for good.
+        for (id, owner, engine_id) in self
+            .meta
+            .rows_before(cutoff)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            // The owner holds every right on their file; holding none means the owner grant
+            // never landed (or was removed by a delete that did not finish).
+            match self
+                .authz
+                .check(&owner, &id, fms_permission::model::Right::Read)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = self.authz.delete_object(&id).await;
+                    self.meta.delete(&id).await.map_err(|e| e.to_string())?;
+                    if let Ok(eid) = engine_id.parse() {
+                        let _ = self.engine.delete(eid).await;
+                    }
+                    out.row_orphans += 1;
+                }
+                // Cannot tell now: leave it for the next pass.
+                Err(_) => {}
+            }
+        }
+        // Engine files no row names.
+        let named = self.meta.engine_ids().await.map_err(|e| e.to_string())?;
+        let store = self.engine.store().clone();
+        let files = tokio::task::spawn_blocking(move || store.list())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        for (id, meta) in files {
+            let old = i64::try_from(meta.created_ms).unwrap_or(i64::MAX) < cutoff;
+            if old && !named.contains(&id.to_string()) {
+                match self.engine.delete(id).await {
+                    Ok(()) => out.engine_orphans += 1,
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        }
+        if out != Reconciled::default() {
+            tracing::warn!(
+                ?out,
+                "reconciliation removed what interrupted uploads or deletes left behind"
+            );
+        }
+        Ok(out)
+    }
+
     /// The commit lock of `user`.
     pub(crate) fn commit_lock(&self, user: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -69,6 +139,13 @@ pub async fn start_with_gc(
                     _ = stop.cancelled() => return,
                     _ = tick.tick() => {}
                 }
+                if let Some(p) = this.upgrade()
+                    && let Err(e) = p
+                        .reconcile(every.max(std::time::Duration::from_secs(600)))
+                        .await
+                {
+                    tracing::warn!(error = %e, "reconciliation failed");
+                }
                 let store = engine.store().clone();
                 match tokio::task::spawn_blocking(move || store.gc()).await {
                     Ok(Ok(r)) => {
@@ -95,9 +172,12 @@ pub async fn start_with_gc(
 
 /// Open the store under `cfg.data_dir` and the metadata tables (no background work).
 pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, String> {
-    let engine = Engine::open(cfg.data_dir.clone())
+    // The store has a directory of its own: reconciliation may delete engine files no row
+    // names, so nothing else (e.g. `fms put` on the data directory) may share it.
+    let store_dir = cfg.data_dir.join("store");
+    let engine = Engine::open(store_dir.clone())
         .await
-        .map_err(|e| format!("chunk store in {}: {e}", cfg.data_dir.display()))?;
+        .map_err(|e| format!("chunk store in {}: {e}", store_dir.display()))?;
     let meta = Meta::open(db.clone())
         .await
         .map_err(|e| format!("picker metadata: {e}"))?;

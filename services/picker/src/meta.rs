@@ -180,4 +180,27 @@ impl Meta {
         .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    /// Every row created before `before_ms` (id, owner, engine id): the reconciliation
+    /// pass's view. Scans the table.
+    pub async fn rows_before(
+        &self,
+        before_ms: i64,
+    ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, owner_id, engine_id FROM files WHERE created_at < $1")
+            .bind(before_ms)
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// Every engine id a row names.
+    pub async fn engine_ids(&self) -> Result<std::collections::HashSet<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT engine_id FROM files")
+            .fetch_all(&self.db.pool)
+            .await?;
+        rows.into_iter().map(|r| r.try_get(0)).collect()
+    }
 }

@@ -246,6 +246,10 @@ async fn upload_list_download_share_revoke_delete() {
             .await
             .unwrap();
         assert_eq!(meta["content_type"], "image/png", "sniffed, not trusted");
+        assert_eq!(
+            (meta["owned"].clone(), meta["shared_with_me"].clone()),
+            (json!(true), json!(false))
+        );
 
         // Dedup never shows across users: Bob's copy of the same bytes is "all new" to him;
         // Alice's second copy is not.
@@ -1815,5 +1819,82 @@ async fn openapi_document_matches_the_api() {
     assert!(
         committed == generated,
         "docs/api/openapi.json is stale: run FMS_UPDATE_OPENAPI=1 cargo test -p fms-picker --test api openapi"
+    );
+}
+
+/// What a crash between an upload's steps leaves behind — an engine file no row names, a
+/// row whose owner holds nothing — is removed by the reconciliation pass; live files stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_removes_what_crashes_leave_behind() {
+    let s = start_with(false, 1 << 30, 0).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, _) = user(&c, url).await;
+    let data = random(100_000, 81);
+    let (_, live) = upload(&c, url, &alice, "live.bin", data.clone()).await;
+    // Crash after the engine commit, before the row: an engine file nobody names.
+    let store = s.picker.engine.store().clone();
+    let orphan = tokio::task::spawn_blocking(move || store.put(b"orphaned bytes").unwrap().id)
+        .await
+        .unwrap();
+    // Crash after the row, before the owner grant: a row nobody can see.
+    let store = s.picker.engine.store().clone();
+    let hidden_engine = tokio::task::spawn_blocking(move || store.put(b"hidden bytes").unwrap().id)
+        .await
+        .unwrap();
+    let row = fms_picker::meta::FileRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        owner_id: live["owner_id"].as_str().unwrap().to_string(),
+        name: "hidden".into(),
+        size: 12,
+        content_type: "text/plain".into(),
+        content_hash: "00".repeat(32),
+        engine_id: hidden_engine.to_string(),
+        created_at: 0,
+        updated_at: 0,
+    };
+    s.picker.meta.insert(&row).await.unwrap();
+    // A grace longer than any of them: nothing happens (uploads in flight are safe).
+    let none = s.picker.reconcile(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        (none.engine_orphans, none.row_orphans),
+        (0, 1),
+        "only the row dated 1970 is old enough"
+    );
+    s.picker
+        .meta
+        .insert(&fms_picker::meta::FileRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: 0,
+            ..row.clone()
+        })
+        .await
+        .unwrap();
+    let done = s.picker.reconcile(Duration::ZERO).await.unwrap();
+    assert_eq!(done.row_orphans, 1);
+    assert!(done.engine_orphans >= 1, "{done:?}");
+    let store = s.picker.engine.store().clone();
+    let (gone, hidden_gone) = tokio::task::spawn_blocking(move || {
+        (
+            store.stat_file(orphan).is_err(),
+            store.stat_file(hidden_engine).is_err(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(gone && hidden_gone);
+    let got = c
+        .get(format!(
+            "{url}/api/files/{}/content",
+            live["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        got.bytes().await.unwrap().as_ref(),
+        data.as_slice(),
+        "live files untouched"
     );
 }
