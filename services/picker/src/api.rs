@@ -348,6 +348,7 @@ where
         ));
     }
     let info = ingest.finish().await.map_err(ApiError::internal)?;
+    crate::failpoint::hit("picker.after_engine_commit");
     let hash = hex::encode(info.meta.hash);
     if let Some(want) = expected_blake3
         && !want.eq_ignore_ascii_case(&hash)
@@ -403,11 +404,13 @@ where
         return Err(db_error(e));
     }
     drop(commit);
+    crate::failpoint::hit("picker.after_row");
     if let Err(e) = p.authz.create_owner(&row.id, user).await {
         let _ = p.meta.delete(&row.id).await;
         let _ = p.engine.delete(info.id).await;
         return Err(e.into());
     }
+    crate::failpoint::hit("picker.after_owner");
     budget.used += row.size;
     p.events.publish(
         "file.uploaded",

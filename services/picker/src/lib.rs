@@ -6,6 +6,7 @@ pub mod api;
 pub mod authz;
 pub mod engine;
 pub mod events;
+pub mod failpoint;
 pub mod grpc;
 pub mod meta;
 pub mod openapi;
@@ -140,9 +141,7 @@ pub async fn start_with_gc(
                     _ = tick.tick() => {}
                 }
                 if let Some(p) = this.upgrade()
-                    && let Err(e) = p
-                        .reconcile(every.max(std::time::Duration::from_secs(600)))
-                        .await
+                    && let Err(e) = p.reconcile(p.cfg.reconcile_grace.0).await
                 {
                     tracing::warn!(error = %e, "reconciliation failed");
                 }

@@ -74,6 +74,8 @@ pub struct PickerConfig {
     /// gRPC address of the notification service (`http://notification:9090`) for
     /// `file.uploaded` / `file.shared` / `file.deleted`; empty: events are dropped (counted).
     pub notification_url: String,
+    /// Reconciliation removes only leftovers older than this (uploads in flight are younger).
+    pub reconcile_grace: Duration,
     /// How often the chunk store is garbage-collected (expired upload sessions, packs
     /// with much dead data compacted); 0s: never (run `fms admin gc`).
     pub gc_interval: Duration,
@@ -88,6 +90,7 @@ impl Default for PickerConfig {
             permission_url: String::new(),
             notification_url: String::new(),
             gc_interval: Duration(std::time::Duration::from_secs(600)),
+            reconcile_grace: Duration(std::time::Duration::from_secs(600)),
         }
     }
 }
@@ -450,6 +453,12 @@ impl Config {
             return Err(invalid(
                 "picker.max_file_size",
                 "must be at least 1B".into(),
+            ));
+        }
+        if self.picker.reconcile_grace.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "picker.reconcile_grace",
+                "must be at least 1s (uploads in flight must never look like leftovers)".into(),
             ));
         }
         let idle = self.picker.idle_timeout.0;
