@@ -249,6 +249,15 @@ pub(crate) struct Budget {
 }
 
 impl Budget {
+    /// The limits from configuration and what `user` stores now.
+    pub(crate) async fn of(p: &Picker, user: &str) -> Result<Budget, ApiError> {
+        Ok(Budget {
+            max_file: p.cfg.max_file_size.0,
+            quota: p.cfg.quota.0,
+            used: p.meta.usage(user).await.map_err(db_error)?,
+        })
+    }
+
     fn room(&self) -> u64 {
         if self.quota > 0 {
             self.quota.saturating_sub(self.used)
@@ -291,7 +300,7 @@ where
     let mut ingest = p.engine.ingest();
     let mut size = 0u64;
     let mut head = Vec::new();
-    let mut pending = bytes::BytesMut::new();
+    let mut pieces = crate::engine::Gather::new(INGEST_PIECE);
     loop {
         let frame = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
@@ -321,26 +330,15 @@ where
             let take = (SNIFF_LEN - head.len()).min(frame.len());
             head.extend_from_slice(&frame[..take]);
         }
-        // Network frames are small (often 16 KiB or less): gather them into 512 KiB pieces
-        // so the engine's pipeline gets fewer, larger hand-offs (frames as they come: 0.33
-        // of the engine's rate; 256 KiB pieces: 0.61; 512 KiB: 0.85; docs/performance.md).
-        if pending.is_empty() && frame.len() >= INGEST_PIECE {
-            ingest.write(frame).await.map_err(ApiError::internal)?;
-        } else {
-            pending.extend_from_slice(&frame);
-            if pending.len() >= INGEST_PIECE {
-                ingest
-                    .write(pending.split().freeze())
-                    .await
-                    .map_err(ApiError::internal)?;
-            }
+        // Network frames are small (often 16 KiB or less): gathered into 512 KiB pieces the
+        // engine's pipeline gets fewer, larger hand-offs (frames as they come: 0.33 of the
+        // engine's rate; 256 KiB pieces: 0.61; 512 KiB: 0.85; docs/performance.md).
+        if let Some(piece) = pieces.push(frame) {
+            ingest.write(piece).await.map_err(ApiError::internal)?;
         }
     }
-    if !pending.is_empty() {
-        ingest
-            .write(pending.split().freeze())
-            .await
-            .map_err(ApiError::internal)?;
+    if let Some(piece) = pieces.finish() {
+        ingest.write(piece).await.map_err(ApiError::internal)?;
     }
     if declared.is_some_and(|n| n != size) {
         return Err(ApiError::bad_request(
@@ -465,11 +463,7 @@ pub(crate) async fn upload(
 ) -> Result<Response, ApiError> {
     let user = claims.sub;
     let headers = request.headers().clone();
-    let mut budget = Budget {
-        max_file: p.cfg.max_file_size.0,
-        quota: p.cfg.quota.0,
-        used: p.meta.usage(&user).await.map_err(db_error)?,
-    };
+    let mut budget = Budget::of(&p, &user).await?;
     let ctype = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -538,41 +532,62 @@ pub(crate) async fn upload(
 }
 
 /// The row of a file `user` holds `right` on; 404 if they cannot read it, 403 if they can
-/// read it but lack `right`.
+/// read it but lack `right`. One permission check when allowed (the download path).
 pub(crate) async fn authorized(
     p: &Picker,
     user: &str,
     id: &str,
     right: Right,
-) -> Result<(FileRow, Rights), ApiError> {
+) -> Result<FileRow, ApiError> {
     if id.is_empty() || id.len() > 128 {
         return Err(ApiError::not_found());
     }
-    let rights = p.authz.rights(user, id).await?;
-    if !rights.allows(Right::Read) && !rights.allows(right) {
+    if !p.authz.check(user, id, right).await? {
+        // Someone who can read the file learns what they lack; anyone else learns nothing.
+        if right != Right::Read && p.authz.check(user, id, Right::Read).await? {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("this needs the {} right on the file", right.relation()),
+            ));
+        }
         return Err(ApiError::not_found());
     }
-    if !rights.allows(right) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("this needs the {} right on the file", right.relation()),
-        ));
-    }
-    let row = p
-        .meta
+    p.meta
         .get(id)
         .await
         .map_err(db_error)?
-        .ok_or_else(ApiError::not_found)?;
-    // The permission checks say which rights are held, not whether they come from
-    // ownership: the row knows.
-    let rights = if row.owner_id == user {
-        Rights::OWNER
-    } else {
-        rights
-    };
-    Ok((row, rights))
+        .ok_or_else(ApiError::not_found)
+}
+
+/// Everything `user` holds on `row`, for responses that show it. Checks say which rights
+/// are held, not whether they come from ownership: the row knows.
+async fn rights_on(p: &Picker, user: &str, row: &FileRow) -> Result<Rights, ApiError> {
+    if row.owner_id == user {
+        return Ok(Rights::OWNER);
+    }
+    Ok(p.authz.rights(user, &row.id).await?)
+}
+
+/// The records of one page of ListAccessible, in its order; files whose row is gone (deleted
+/// a moment ago) are skipped.
+async fn records(
+    p: &Picker,
+    files: &[(String, Rights)],
+) -> Result<Vec<(FileRow, Rights)>, ApiError> {
+    let ids: Vec<String> = files.iter().map(|(id, _)| id.clone()).collect();
+    let mut rows: std::collections::HashMap<String, FileRow> = p
+        .meta
+        .get_many(&ids)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    Ok(files
+        .iter()
+        .filter_map(|(id, rights)| rows.remove(id).map(|r| (r, *rights)))
+        .collect())
 }
 
 #[utoipa::path(get, path = "/api/files/{id}", tag = "files",
@@ -586,7 +601,8 @@ pub(crate) async fn file_meta(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let (row, rights) = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    let row = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    let rights = rights_on(&p, &claims.sub, &row).await?;
     Ok(Json(file_json(&row, rights)))
 }
 
@@ -611,7 +627,7 @@ pub(crate) async fn content(
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (row, _) = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    let row = authorized(&p, &claims.sub, &id, Right::Read).await?;
     let etag = format!("\"{}\"", row.content_hash);
     let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
     let if_none_match = headers
@@ -668,10 +684,7 @@ pub(crate) async fn content(
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else {
-        let engine_id = row
-            .engine_id
-            .parse()
-            .map_err(|e| ApiError::internal(format!("file {} has a bad engine id: {e}", row.id)))?;
+        let engine_id = row.engine_file().map_err(ApiError::internal)?;
         metrics::counter!("picker_download_bytes_total").increment(end - start);
         Body::from_stream(p.engine.read(engine_id, start, end, p.cfg.idle_timeout.0))
     };
@@ -724,19 +737,11 @@ pub(crate) async fn list(
         .authz
         .list(&claims.sub, q.cursor.as_deref().unwrap_or(""), limit)
         .await
-        .map_err(|e| match e {
-            AuthzError::Invalid(_) => ApiError::bad_request("invalid cursor"),
-            e => e.into(),
-        })?;
-    let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
-    let rows = p.meta.get_many(&ids).await.map_err(db_error)?;
-    let by_id: std::collections::HashMap<&str, &FileRow> =
-        rows.iter().map(|r| (r.id.as_str(), r)).collect();
-    let items: Vec<Value> = page
-        .files
+        .map_err(list_error)?;
+    let items: Vec<Value> = records(&p, &page.files)
+        .await?
         .iter()
-        // A file whose row is gone (deleted a moment ago) is skipped.
-        .filter_map(|(id, rights)| by_id.get(id.as_str()).map(|r| file_json(r, *rights)))
+        .map(|(row, rights)| file_json(row, *rights))
         .collect();
     Ok(Json(json!({
         "items": items,
@@ -768,22 +773,16 @@ async fn filtered(
     let mut scanned = 0usize;
     let next = 'scan: loop {
         let page = p.authz.list(user, &token, 1000).await.map_err(list_error)?;
-        let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
-        let rows = p.meta.get_many(&ids).await.map_err(db_error)?;
-        let by_id: std::collections::HashMap<&str, &FileRow> =
-            rows.iter().map(|r| (r.id.as_str(), r)).collect();
-        for (id, rights) in &page.files {
-            scanned += 1;
-            if let Some(row) = by_id.get(id.as_str())
-                && row.name.to_lowercase().contains(needle)
-            {
-                items.push(file_json(row, *rights));
+        scanned += page.files.len();
+        for (row, rights) in records(p, &page.files).await? {
+            if row.name.to_lowercase().contains(needle) {
+                items.push(file_json(&row, rights));
                 if items.len() == limit as usize {
                     // Go on right after this file.
                     break 'scan Some(
                         fms_permission::model::PageToken {
                             right: Right::Read,
-                            after: id.clone(),
+                            after: row.id,
                         }
                         .encode(),
                     );
@@ -826,7 +825,8 @@ pub(crate) async fn rename(
     ApiJson(body): ApiJson<RenameBody>,
 ) -> Result<Json<Value>, ApiError> {
     let name = check_name(&body.name)?.to_string();
-    let (mut row, rights) = authorized(&p, &claims.sub, &id, Right::Write).await?;
+    let mut row = authorized(&p, &claims.sub, &id, Right::Write).await?;
+    let rights = rights_on(&p, &claims.sub, &row).await?;
     let now = now_ms();
     if !p.meta.rename(&id, &name, now).await.map_err(db_error)? {
         return Err(ApiError::not_found());
@@ -848,11 +848,11 @@ pub(crate) async fn delete_file(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (row, _) = authorized(&p, &claims.sub, &id, Right::Delete).await?;
+    let row = authorized(&p, &claims.sub, &id, Right::Delete).await?;
     // Access goes first (nobody reads a half-deleted file), then the row, then the bytes.
     p.authz.delete_object(&id).await?;
     p.meta.delete(&id).await.map_err(db_error)?;
-    if let Ok(engine_id) = row.engine_id.parse() {
+    if let Ok(engine_id) = row.engine_file() {
         match p.engine.delete(engine_id).await {
             Ok(()) => {}
             Err(e) if e.is_not_found() => {}
@@ -907,7 +907,8 @@ pub(crate) async fn share(
         wanted = wanted.union(Rights::of(right));
     }
     let actor = claims.sub;
-    let (row, held) = authorized(&p, &actor, &body.file_id, Right::Share).await?;
+    let row = authorized(&p, &actor, &body.file_id, Right::Share).await?;
+    let held = rights_on(&p, &actor, &row).await?;
     let target = p
         .users
         .user_by_name(&body.with)

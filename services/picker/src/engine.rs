@@ -14,6 +14,37 @@ const PIECES_IN_FLIGHT: usize = 8;
 /// Download frames are gathered up to this size.
 const FRAME: usize = 256 * 1024;
 
+/// Gathers small frames into pieces of at least `size` bytes (one copy); a frame already
+/// that large passes through untouched.
+#[derive(Debug)]
+pub struct Gather {
+    size: usize,
+    pending: bytes::BytesMut,
+}
+
+impl Gather {
+    pub fn new(size: usize) -> Gather {
+        Gather {
+            size,
+            pending: bytes::BytesMut::new(),
+        }
+    }
+
+    /// A piece to send on, if one is complete.
+    pub fn push(&mut self, frame: Bytes) -> Option<Bytes> {
+        if self.pending.is_empty() && frame.len() >= self.size {
+            return Some(frame);
+        }
+        self.pending.extend_from_slice(&frame);
+        (self.pending.len() >= self.size).then(|| self.pending.split().freeze())
+    }
+
+    /// What is left at the end.
+    pub fn finish(&mut self) -> Option<Bytes> {
+        (!self.pending.is_empty()).then(|| self.pending.split().freeze())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("{0}")]
@@ -156,24 +187,22 @@ impl Engine {
             };
             // Chunks (~64 KiB) are gathered into frames of 256 KiB: a quarter as many
             // channel hand-offs and socket writes for one memcpy.
-            let mut pending = bytes::BytesMut::new();
-            for frame in reader {
-                match frame {
-                    Ok(b) if pending.is_empty() && b.len() >= FRAME => {
-                        if !send(Ok(b)) {
-                            return;
-                        }
-                    }
+            let mut frames = Gather::new(FRAME);
+            for chunk in reader {
+                match chunk {
                     Ok(b) => {
-                        pending.extend_from_slice(&b);
-                        if pending.len() >= FRAME && !send(Ok(pending.split().freeze())) {
+                        if let Some(f) = frames.push(b)
+                            && !send(Ok(f))
+                        {
                             return;
                         }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, file = %id, "read failed");
                         // What was verified goes out first; then the error cuts the body.
-                        if !pending.is_empty() && !send(Ok(pending.split().freeze())) {
+                        if let Some(f) = frames.finish()
+                            && !send(Ok(f))
+                        {
                             return;
                         }
                         send(Err(std::io::Error::other(e.to_string())));
@@ -181,8 +210,8 @@ impl Engine {
                     }
                 }
             }
-            if !pending.is_empty() {
-                send(Ok(pending.freeze()));
+            if let Some(f) = frames.finish() {
+                send(Ok(f));
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
@@ -195,5 +224,30 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gather_makes_pieces_of_at_least_the_size_and_loses_nothing() {
+        let mut g = Gather::new(10);
+        let mut out = Vec::new();
+        for frame in [&b"abc"[..], b"defg", b"hijkl", b"0123456789ABCD", b"xy"] {
+            if let Some(p) = g.push(Bytes::copy_from_slice(frame)) {
+                out.push(p);
+            }
+        }
+        out.extend(g.finish());
+        let sizes: Vec<usize> = out.iter().map(Bytes::len).collect();
+        assert_eq!(
+            sizes,
+            [12, 14, 2],
+            "gathered, passed through, the rest at the end"
+        );
+        assert_eq!(out.concat(), b"abcdefghijkl0123456789ABCDxy");
+        assert!(g.finish().is_none());
     }
 }

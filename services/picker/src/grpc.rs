@@ -106,11 +106,7 @@ impl PickerInternalService for Internal {
                 file: Some(info(&row, 0)),
             }));
         }
-        let mut budget = Budget {
-            max_file: p.cfg.max_file_size.0,
-            quota: p.cfg.quota.0,
-            used: p.meta.usage(&h.owner_id).await.map_err(db)?,
-        };
+        let mut budget = Budget::of(p, &h.owner_id).await.map_err(status)?;
         let data = stream.map(|m| match m {
             Ok(pb::PutFileRequest {
                 msg: Some(pb::put_file_request::Msg::Data(b)),
@@ -162,7 +158,7 @@ impl PickerInternalService for Internal {
         let r = request.into_inner();
         check_user(&r.user_id)?;
         let p = &self.0;
-        let (row, _) = authorized(p, &r.user_id, &r.file_id, Right::Read)
+        let row = authorized(p, &r.user_id, &r.file_id, Right::Read)
             .await
             .map_err(status)?;
         if r.offset > row.size {
@@ -176,9 +172,8 @@ impl PickerInternalService for Internal {
             n => r.offset.saturating_add(n).min(row.size),
         };
         let engine_id = row
-            .engine_id
-            .parse()
-            .map_err(|e| status(ApiError::internal(format!("bad engine id: {e}"))))?;
+            .engine_file()
+            .map_err(|e| status(ApiError::internal(e)))?;
         let head = pb::ReadFileResponse {
             msg: Some(pb::read_file_response::Msg::Info(info(&row, 0))),
         };
@@ -202,7 +197,7 @@ impl PickerInternalService for Internal {
     ) -> Result<Response<pb::StatFileResponse>, Status> {
         let r = request.into_inner();
         check_user(&r.user_id)?;
-        let (row, _) = authorized(&self.0, &r.user_id, &r.file_id, Right::Read)
+        let row = authorized(&self.0, &r.user_id, &r.file_id, Right::Read)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::StatFileResponse {

@@ -30,6 +30,15 @@ pub struct FileRow {
     pub updated_at: i64,
 }
 
+impl FileRow {
+    /// The chunk store's id of this file's content.
+    pub fn engine_file(&self) -> Result<fms_engine::FileId, String> {
+        self.engine_id
+            .parse()
+            .map_err(|e| format!("file {} has a bad engine id: {e}", self.id))
+    }
+}
+
 const COLUMNS: &str =
     "id, owner_id, name, size, content_type, content_hash, engine_id, created_at, updated_at";
 

@@ -1813,7 +1813,7 @@ async fn openapi_document_matches_the_api() {
     let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/api/openapi.json");
     let generated = fms_picker::openapi::json();
     if std::env::var_os("FMS_UPDATE_OPENAPI").is_some() {
-        std::fs::write(&copy, &generated).unwrap();
+        std::fs::write(&copy, generated).unwrap();
     }
     let committed = std::fs::read_to_string(&copy).unwrap_or_default();
     assert!(
