@@ -165,18 +165,6 @@ async fn serve(perms: Arc<Permissions>, stop: CancellationToken) -> Vec<Channel>
     channels
 }
 
-async fn fresh_postgres(admin: &str) -> Result<String, Box<dyn std::error::Error>> {
-    let name = format!("bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin).await?;
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-    )
-    .await?;
-    let (base, _) = admin.rsplit_once('/').ok_or("postgres url")?;
-    Ok(format!("{base}/{name}"))
-}
-
 async fn insert_users(db: &Db, users: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     for chunk in users.chunks(1000) {
         let mut sql = String::from(
@@ -215,7 +203,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "postgres" => {
             let admin = std::env::var("FMS_BENCH_POSTGRES_URL")
                 .map_err(|_| "FMS_BENCH_POSTGRES_URL is not set (scripts/bench.sh sets it)")?;
-            cfg.database.url = fresh_postgres(&admin).await?;
+            cfg.database.url = fms_platform::db::create_database(&admin, "bench").await?;
         }
         "embedded" => {}
         other => return Err(format!("unknown backend {other}").into()),

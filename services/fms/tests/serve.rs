@@ -291,19 +291,9 @@ fn env_url(name: &str) -> String {
 }
 
 async fn fresh_postgres() -> String {
-    let admin = env_url("FMS_TEST_POSTGRES_URL");
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+    fms_platform::db::create_database(&env_url("FMS_TEST_POSTGRES_URL"), "t")
         .await
-        .unwrap();
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-    )
-    .await
-    .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+        .expect("create a database on the test PostgreSQL")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,18 +27,9 @@ impl Drop for Server {
 async fn fresh_postgres() -> String {
     let admin = std::env::var("FMS_TEST_POSTGRES_URL")
         .expect("FMS_TEST_POSTGRES_URL is not set: run the tests with ./test");
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+    fms_platform::db::create_database(&admin, "t")
         .await
-        .unwrap();
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-    )
-    .await
-    .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+        .expect("create a database on the test PostgreSQL")
 }
 
 async fn start(postgres: bool) -> Server {

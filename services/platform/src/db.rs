@@ -45,6 +45,34 @@ pub enum DbError {
     Other(String),
 }
 
+/// Create a new, empty database on the PostgreSQL server `admin_url` names (a role that may
+/// `CREATE DATABASE`) and return its URL: each test or benchmark run gets its own.
+pub async fn create_database(admin_url: &str, prefix: &str) -> Result<String, DbError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(DbError::Other(format!(
+            "bad database name prefix {prefix:?}"
+        )));
+    }
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .ok_or_else(|| DbError::Other("the admin URL names no database".into()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "{prefix}_{}_{nanos}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(admin_url).await?;
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
+    Ok(format!("{base}/{name}"))
+}
+
 impl Db {
     /// Connect to `cfg.url`, or open (creating) the embedded database under `data_dir`.
     pub async fn connect(cfg: &DatabaseConfig, data_dir: &Path) -> Result<Db, DbError> {

@@ -37,19 +37,9 @@ pub fn redis_url() -> String {
 
 /// A new, empty database on the test PostgreSQL; returns its URL.
 pub async fn fresh_postgres() -> String {
-    let admin = env_url("FMS_TEST_POSTGRES_URL");
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+    fms_platform::db::create_database(&env_url("FMS_TEST_POSTGRES_URL"), "t")
         .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::Executor::execute(
-        &mut conn,
-        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-    )
-    .await
-    .expect("create database");
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+        .expect("create a database on the test PostgreSQL")
 }
 
 /// A configuration for `backend`, with its data under `dir`.
