@@ -1302,6 +1302,14 @@ async fn listing_filters_by_name_across_pages() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    let long = "x".repeat(256);
+    let r = c
+        .get(format!("{url}/api/files?q={long}"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "q longer than any name");
     let r = c
         .get(format!("{url}/api/files?sort=created&q=nothing-matches"))
         .bearer_auth(&alice)
