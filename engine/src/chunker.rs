@@ -4,7 +4,7 @@
 //! cut at once (a cut depends only on the bytes from the chunk start up to `max`), so the same
 //! content always yields the same chunks whatever the read sizes — the property dedup rests on.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fastcdc::v2020::{Normalization, cut, select_masks};
 
 use crate::error::{Error, Result};
@@ -67,12 +67,19 @@ impl ChunkParams {
 }
 
 /// Cuts a stream of bytes into content-defined chunks.
+///
+/// Every chunk is emitted as its own allocation of its own size: a chunk in flight never
+/// keeps the caller's buffers or the chunker's window alive, so what a writer holds is what
+/// its pipeline counts. Input at least `max` long is cut in place (one copy, out); shorter
+/// input goes through a window of `1.5 x max` bytes that is compacted lazily.
 #[derive(Debug)]
 pub struct Chunker {
     params: ChunkParams,
     mask_s: u64,
     mask_l: u64,
-    buf: BytesMut,
+    /// The window: pending bytes are `buf[start..]`, always fewer than `max` between calls.
+    buf: Vec<u8>,
+    start: usize,
 }
 
 impl Chunker {
@@ -83,20 +90,45 @@ impl Chunker {
             params,
             mask_s,
             mask_l,
-            buf: BytesMut::with_capacity(params.max as usize * 2),
+            buf: Vec::new(),
+            start: 0,
         }
     }
 
     /// A chunker resuming with `tail`, the uncut bytes a session persisted.
     pub fn with_tail(params: ChunkParams, tail: &[u8]) -> Self {
         let mut c = Chunker::new(params);
-        c.buf.extend_from_slice(tail);
+        c.append(tail);
         c
     }
 
     /// The bytes received but not yet cut (always shorter than `max` between calls).
     pub fn tail(&self) -> &[u8] {
-        &self.buf
+        self.buf.get(self.start..).unwrap_or_default()
+    }
+
+    /// Add bytes to the window, moving the pending bytes to the front first if the end has
+    /// no room (fewer than `max` bytes moved per `max / 2` bytes cut).
+    fn append(&mut self, data: &[u8]) {
+        let max = self.params.max as usize;
+        let cap = max + max / 2;
+        if self.buf.capacity() < cap {
+            self.buf.reserve_exact(cap - self.buf.len());
+        }
+        if self.buf.len() + data.len() > cap && self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Drop the first `n` pending bytes.
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
     }
 
     fn cut_len(&self, data: &[u8]) -> usize {
@@ -120,73 +152,66 @@ impl Chunker {
         emit: &mut impl FnMut(Bytes) -> Result<(), E>,
     ) -> Result<(), E> {
         let max = self.params.max as usize;
-        while !data.is_empty() {
-            let room = (2 * max).saturating_sub(self.buf.len()).max(max);
-            let take = room.min(data.len());
-            let (now, rest) = data.split_at(take);
-            self.buf.extend_from_slice(now);
-            data = rest;
-            while self.buf.len() >= max {
-                let n = self
-                    .cut_len(self.buf.get(..max).unwrap_or_default())
-                    .clamp(1, max);
-                emit(self.buf.split_to(n).freeze())?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Feed owned bytes. Chunks that lie wholly inside `data` are emitted as slices of it
-    /// (no copy); only a chunk that straddles two pieces, and the uncut tail, are copied.
-    pub fn push_bytes<E>(
-        &mut self,
-        mut data: Bytes,
-        emit: &mut impl FnMut(Bytes) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let max = self.params.max as usize;
         loop {
-            if !self.buf.is_empty() {
+            let before = self.tail().len();
+            if before > 0 {
                 // Complete the window of `max` bytes that starts at the pending chunk.
-                let before = self.buf.len();
-                let take = max.saturating_sub(before).min(data.len());
-                self.buf
-                    .extend_from_slice(data.get(..take).unwrap_or_default());
-                if self.buf.len() < max {
+                let take = (max - before).min(data.len());
+                self.append(data.get(..take).unwrap_or_default());
+                if self.tail().len() < max {
                     return Ok(()); // everything went into the window; wait for more
                 }
-                let n = self
-                    .cut_len(self.buf.get(..max).unwrap_or_default())
-                    .clamp(1, max);
+                let window = self.tail().get(..max).unwrap_or_default();
+                let n = self.cut_len(window).clamp(1, max);
+                let chunk = Bytes::copy_from_slice(window.get(..n).unwrap_or_default());
                 if n >= before {
-                    // The chunk ends inside `data`: emit it, then go on from `data` itself.
-                    self.buf.truncate(n);
-                    emit(self.buf.split().freeze())?;
-                    let _ = data.split_to(n - before);
+                    // The chunk ends inside `data`: go on from `data` itself.
+                    self.buf.clear();
+                    self.start = 0;
+                    data = data.get(n - before..).unwrap_or_default();
                 } else {
-                    // The chunk ends inside the old pending bytes: un-take what we copied.
-                    emit(self.buf.split_to(n).freeze())?;
-                    self.buf.truncate(before - n);
-                    continue;
+                    // The chunk ends inside the old pending bytes: un-take what was added.
+                    self.buf.truncate(self.start + before);
+                    self.consume(n);
                 }
+                emit(chunk)?;
+                continue;
             }
             while data.len() >= max {
                 let n = self
                     .cut_len(data.get(..max).unwrap_or_default())
                     .clamp(1, max);
-                emit(data.split_to(n))?;
+                let (chunk, rest) = data.split_at(n);
+                emit(Bytes::copy_from_slice(chunk))?;
+                data = rest;
             }
-            self.buf.extend_from_slice(&data);
+            self.append(data);
             return Ok(());
         }
     }
 
+    /// Feed owned bytes (the form HTTP bodies and gRPC messages arrive in); the same as
+    /// [`Chunker::push`]: chunks are copies, so `data` is free once this returns.
+    pub fn push_bytes<E>(
+        &mut self,
+        data: Bytes,
+        emit: &mut impl FnMut(Bytes) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.push(&data, emit)
+    }
+
     /// End of stream: cut what is left (possibly several chunks, possibly none).
     pub fn finish<E>(&mut self, emit: &mut impl FnMut(Bytes) -> Result<(), E>) -> Result<(), E> {
-        while !self.buf.is_empty() {
-            let n = self.cut_len(&self.buf).clamp(1, self.buf.len());
-            emit(self.buf.split_to(n).freeze())?;
+        loop {
+            let pending = self.tail();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let n = self.cut_len(pending).clamp(1, pending.len());
+            let chunk = Bytes::copy_from_slice(pending.get(..n).unwrap_or_default());
+            self.consume(n);
+            emit(chunk)?;
         }
-        Ok(())
     }
 }
 

@@ -1,13 +1,15 @@
 //! The write path: a bounded three-stage pipeline. The caller's thread cuts chunks (FastCDC);
 //! a hasher thread computes chunk ids and the whole-file hash and looks each chunk up in the
 //! index; a writer thread appends the new ones to the active pack in batches. On two cores
-//! the stages overlap (duplicate data never reaches the writer). Every channel is bounded, so
-//! a slow stage makes the one before it wait: memory per upload stays at a few MiB whatever
-//! the file size.
+//! the stages overlap (duplicate data never reaches the writer). The bytes of cut chunks not
+//! yet decided or written are held to a per-writer budget ([`Credit`]: one write batch plus
+//! one largest chunk, 320 KiB with the default parameters), so a slow stage makes the one
+//! before it wait and the memory of an upload is the budget plus the chunker's carry (at most
+//! one largest chunk), whatever the file size.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
@@ -17,16 +19,71 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId, now_ms};
 use crate::index::{FileMeta, ManifestEntry};
 use crate::pack::{Location, NewRecord, RecordKind};
-use crate::store::{FileInfo, Inner, Store, WriterGuard};
+use crate::store::{FileInfo, Inner, Store, WriterGuard, lock};
 
-/// Chunks queued between the chunker and the worker.
-const CHANNEL_CHUNKS: usize = 32;
-/// New chunk bytes gathered before one pack append.
-const WRITE_BATCH_BYTES: usize = 4 << 20;
-/// Batches queued for the writer stage.
+/// Chunks queued between the chunker and the worker (their bytes are bounded by the credit).
+const CHANNEL_CHUNKS: usize = 64;
+/// New chunk bytes gathered before one pack append (a batch may pass this by one chunk).
+const WRITE_BATCH_BYTES: usize = 64 << 10;
+/// Batches queued for the writer stage (their bytes are bounded by the credit).
 const WRITER_BATCHES: usize = 2;
 /// Appended bytes after which background writeback of the pack is requested.
 const WRITEBACK_BYTES: usize = 32 << 20;
+
+/// The bytes of cut chunks in flight inside one pipeline, bounded: the chunker takes credit
+/// before handing a chunk on and the stage that is done with it (the hasher for a duplicate,
+/// the writer after the append) gives it back.
+#[derive(Debug)]
+pub(crate) struct Credit {
+    used: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+    /// The most ever in flight at once.
+    peak: std::sync::atomic::AtomicUsize,
+}
+
+impl Credit {
+    fn new(limit: usize) -> Credit {
+        Credit {
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            limit,
+            peak: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Wait until `n` more bytes fit (a chunk larger than the whole budget goes alone).
+    fn take(&self, n: usize) -> Result<()> {
+        let mut used = lock(&self.used)?;
+        while *used > 0 && *used + n > self.limit {
+            used = self
+                .freed
+                .wait(used)
+                .map_err(|_| Error::Internal("an engine lock was poisoned by a panic"))?;
+        }
+        *used += n;
+        self.peak
+            .fetch_max(*used, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn give(&self, n: usize) {
+        if let Ok(mut used) = self.used.lock() {
+            *used = used.saturating_sub(n);
+            self.freed.notify_all();
+        }
+    }
+
+    #[cfg(test)]
+    fn used(&self) -> usize {
+        *self.used.lock().unwrap()
+    }
+
+    #[cfg(test)]
+    fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// What the worker has produced since the last flush.
 #[derive(Debug, Default)]
@@ -58,10 +115,29 @@ struct Sink {
     writer: SyncSender<WMsg>,
     writer_thread: Option<JoinHandle<()>>,
     out: Flushed,
+    credit: Arc<Credit>,
+    batch_bytes: usize,
 }
 
 impl Sink {
+    /// Decide one chunk; its credit is given back here unless it goes on to the writer.
     fn add(&mut self, chunk: Bytes) -> Result<()> {
+        let len = chunk.len();
+        match self.decide(chunk) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.credit.give(len);
+                Ok(())
+            }
+            Err(e) => {
+                self.credit.give(len);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the chunk was queued for writing.
+    fn decide(&mut self, chunk: Bytes) -> Result<bool> {
         if let Some(h) = self.hasher.as_mut() {
             h.update(&chunk);
         }
@@ -69,21 +145,21 @@ impl Sink {
         let len = chunk.len() as u32;
         self.out.entries.push(ManifestEntry { id, len });
         if !self.known.insert(id) {
-            return Ok(());
+            return Ok(false);
         }
         // Pin before the lookup: compaction then either sees the pin or has already
         // dropped the entry (and we write the chunk ourselves).
         self.inner.pin(id)?;
         self.out.pinned.push(id);
         if self.inner.index.chunk(&id)?.is_some() {
-            return Ok(());
+            return Ok(false);
         }
         self.pending_bytes += chunk.len();
         self.pending.push((id, chunk));
-        if self.pending_bytes >= WRITE_BATCH_BYTES {
+        if self.pending_bytes >= self.batch_bytes {
             self.write_pending()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn write_pending(&mut self) -> Result<()> {
@@ -91,10 +167,12 @@ impl Sink {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
-        self.pending_bytes = 0;
-        self.writer
-            .send(WMsg::Batch(batch))
-            .map_err(|_| Error::Internal("pack writer stopped"))
+        let bytes = std::mem::take(&mut self.pending_bytes);
+        self.writer.send(WMsg::Batch(batch)).map_err(|_| {
+            // The writer is gone: nobody else will give this batch's credit back.
+            self.credit.give(bytes);
+            Error::Internal("pack writer stopped")
+        })
     }
 
     fn flush(&mut self) -> Result<Flushed> {
@@ -117,9 +195,9 @@ impl Sink {
         for msg in rx {
             match msg {
                 Msg::Chunk(c) => {
-                    if failed.is_none()
-                        && let Err(e) = self.add(c)
-                    {
+                    if failed.is_some() {
+                        self.credit.give(c.len());
+                    } else if let Err(e) = self.add(c) {
                         failed = Some(e);
                     }
                 }
@@ -170,14 +248,16 @@ struct Written {
 }
 
 /// The writer stage: append batches of new chunks, ask for early writeback now and then.
-fn writer_loop(inner: &Inner, rx: Receiver<WMsg>) {
+fn writer_loop(inner: &Inner, credit: &Credit, rx: Receiver<WMsg>) {
     let mut out = Written::default();
     let mut failed: Option<Error> = None;
     let mut unsynced = 0usize;
     for msg in rx {
         match msg {
             WMsg::Batch(batch) => {
+                let bytes: usize = batch.iter().map(|(_, b)| b.len()).sum();
                 if failed.is_some() {
+                    credit.give(bytes);
                     continue;
                 }
                 let records: Vec<NewRecord<'_>> = batch
@@ -201,6 +281,8 @@ fn writer_loop(inner: &Inner, rx: Receiver<WMsg>) {
                     }
                     Err(e) => failed = Some(e),
                 }
+                drop(batch);
+                credit.give(bytes);
                 if unsynced >= WRITEBACK_BYTES
                     && let Some(&pack) = out.packs.last()
                 {
@@ -225,6 +307,7 @@ pub(crate) struct Pipeline {
     pub(crate) chunker: Chunker,
     tx: Option<SyncSender<Msg>>,
     worker: Option<JoinHandle<()>>,
+    credit: Arc<Credit>,
 }
 
 impl Pipeline {
@@ -234,12 +317,19 @@ impl Pipeline {
         hasher: Option<blake3::Hasher>,
         known: HashSet<ChunkId>,
     ) -> Result<Self> {
+        let max_chunk = inner.params.max as usize;
+        let batch_bytes = WRITE_BATCH_BYTES;
+        // One batch being gathered or written plus one more chunk: never a deadlock (the
+        // hasher hands a batch on before the chunker can be short of credit) and the stages
+        // still overlap.
+        let credit = Arc::new(Credit::new(batch_bytes + max_chunk));
         let (tx, rx) = sync_channel(CHANNEL_CHUNKS);
         let (wtx, wrx) = sync_channel(WRITER_BATCHES);
         let winner = inner.clone();
+        let wcredit = credit.clone();
         let writer_thread = std::thread::Builder::new()
             .name("fms-pack-writer".into())
-            .spawn(move || writer_loop(&winner, wrx))
+            .spawn(move || writer_loop(&winner, &wcredit, wrx))
             .map_err(|e| Error::io("spawn pack writer", e))?;
         let sink = Sink {
             inner: inner.clone(),
@@ -250,6 +340,8 @@ impl Pipeline {
             writer: wtx,
             writer_thread: Some(writer_thread),
             out: Flushed::default(),
+            credit: credit.clone(),
+            batch_bytes,
         };
         let worker = std::thread::Builder::new()
             .name("fms-ingest".into())
@@ -259,6 +351,7 @@ impl Pipeline {
             chunker,
             tx: Some(tx),
             worker: Some(worker),
+            credit,
         })
     }
 
@@ -273,7 +366,8 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.push_bytes(data, &mut forward(tx))
+        self.chunker
+            .push_bytes(data, &mut forward(tx, &self.credit))
     }
 
     pub(crate) fn write(&mut self, data: &[u8]) -> Result<()> {
@@ -281,7 +375,7 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.push(data, &mut forward(tx))
+        self.chunker.push(data, &mut forward(tx, &self.credit))
     }
 
     /// Cut the tail too (end of the stream).
@@ -290,7 +384,7 @@ impl Pipeline {
             .tx
             .as_ref()
             .ok_or(Error::Internal("ingest worker already finished"))?;
-        self.chunker.finish(&mut forward(tx))
+        self.chunker.finish(&mut forward(tx, &self.credit))
     }
 
     pub(crate) fn flush(&mut self) -> Result<Flushed> {
@@ -322,11 +416,18 @@ impl Pipeline {
     }
 }
 
-/// Hand each cut chunk to the hasher stage (blocking while its queue is full).
-fn forward(tx: &SyncSender<Msg>) -> impl FnMut(Bytes) -> Result<()> + '_ {
+/// Hand each cut chunk to the hasher stage (blocking while the pipeline is short of credit).
+fn forward<'a>(
+    tx: &'a SyncSender<Msg>,
+    credit: &'a Credit,
+) -> impl FnMut(Bytes) -> Result<()> + 'a {
     |c| {
-        tx.send(Msg::Chunk(c))
-            .map_err(|_| Error::Internal("ingest worker stopped"))
+        let n = c.len();
+        credit.take(n)?;
+        tx.send(Msg::Chunk(c)).map_err(|_| {
+            credit.give(n);
+            Error::Internal("ingest worker stopped")
+        })
     }
 }
 
@@ -469,4 +570,47 @@ pub fn read_piece(reader: &mut impl std::io::Read, size: usize) -> Result<Option
     }
     buf.truncate(filled);
     Ok(Some(buf.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes in flight inside one upload never pass one batch plus one largest chunk,
+    /// however the input is cut, and all credit comes back by the commit.
+    #[test]
+    fn an_upload_holds_at_most_its_credit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::builder(dir.path())
+            .create_if_missing(true)
+            .open()
+            .unwrap();
+        let mut data = vec![0u8; 24 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in data.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let mut w = store.writer().unwrap();
+        let credit = w.pipeline.credit.clone();
+        for piece in data.chunks(3 << 20) {
+            w.write_bytes(Bytes::copy_from_slice(piece)).unwrap();
+            assert!(credit.used() <= credit.limit);
+        }
+        let info = w.finish().unwrap();
+        assert_eq!(info.meta.size, data.len() as u64);
+        let max = store.chunk_params().max as usize;
+        assert_eq!(credit.limit, WRITE_BATCH_BYTES + max);
+        assert!(
+            credit.peak() <= credit.limit,
+            "{} > {}",
+            credit.peak(),
+            credit.limit
+        );
+        assert!(credit.peak() > 0);
+        assert_eq!(credit.used(), 0, "every byte's credit given back");
+        assert_eq!(store.read(info.id).unwrap().meta().size, data.len() as u64);
+    }
 }

@@ -31,6 +31,9 @@ struct Args {
     /// Size of each parallel stream.
     #[arg(long, default_value_t = 32)]
     each_mib: usize,
+    /// Size of the uploads timed for the dedup-privacy comparison.
+    #[arg(long, default_value_t = 16)]
+    privacy_mib: usize,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -72,6 +75,28 @@ struct Round {
     engine_read: f64,
     ceiling_down: f64,
     http_down: f64,
+    /// Upload of bytes nobody stores (ms).
+    fresh_ms: f64,
+    /// The same bytes uploaded by another user: deduplicated, which must not show (ms).
+    cross_ms: f64,
+}
+
+/// One upload's wall time in ms.
+async fn timed_upload(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Bytes,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    settle().await;
+    let t = Instant::now();
+    c.post(format!("{url}/api/upload?name=privacy.bin"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 async fn round(
@@ -80,9 +105,14 @@ async fn round(
     store: &fms_engine::Store,
     c: &reqwest::Client,
     url: &str,
-    token: &str,
+    (token, other): (&str, &str),
 ) -> Result<Round, Box<dyn std::error::Error>> {
     let size = args.size_mib << 20;
+
+    // --- dedup privacy (reliability test 40): another user's copy must not make it faster ---
+    let private = data(args.privacy_mib, seed + 7);
+    let fresh_ms = timed_upload(c, url, other, private.clone()).await?;
+    let cross_ms = timed_upload(c, url, token, private).await?;
     let engine_data = data(args.size_mib, seed + 1);
     let http_data = data(args.size_mib, seed + 2);
     let discard_data = data(args.size_mib, seed + 3);
@@ -220,6 +250,8 @@ async fn round(
         engine_read,
         ceiling_down,
         http_down,
+        fresh_ms,
+        cross_ms,
     })
 }
 
@@ -308,11 +340,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .json()
         .await?;
     let token = t["access_token"].as_str().ok_or("login")?.to_string();
+    let body = json!({"username": "bench2", "password": "correct horse battery staple"});
+    c.post(format!("{url}/auth/register"))
+        .json(&body)
+        .send()
+        .await?;
+    let t: Value = c
+        .post(format!("{url}/auth/login"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let other = t["access_token"].as_str().ok_or("login")?.to_string();
 
     let mut rounds = Vec::new();
     for r in 0..ROUNDS {
         eprintln!("round {} of {ROUNDS}", r + 1);
-        rounds.push(round(&args, r as u64 * 10_000, &store, &c, &url, &token).await?);
+        rounds.push(round(&args, r as u64 * 10_000, &store, &c, &url, (&token, &other)).await?);
     }
     let med = |f: fn(&Round) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
@@ -327,6 +372,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine_read = med(|r| r.engine_read);
     let ceiling_down = med(|r| r.ceiling_down);
     let http_down = med(|r| r.http_down);
+    let fresh_ms = med(|r| r.fresh_ms);
+    let cross_ms = med(|r| r.cross_ms);
     // Server and client share the cores: when reading and sending each cost CPU, the best
     // a download can do is both costs added (harmonic combination).
     let both_down = 1.0 / (1.0 / engine_read + 1.0 / ceiling_down);
@@ -370,6 +417,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "| (engine read and HTTP send costs added: {both_down:.0} MiB/s; download reaches {:.2} of it) | | | |",
         http_down / both_down
     );
+    println!(
+        "\nDedup privacy: {} MiB uploads, median ms of {ROUNDS} rounds\n",
+        args.privacy_mib
+    );
+    println!("| upload | ms | vs fresh |");
+    println!("|---|---:|---:|");
+    println!("| bytes nobody stores (baseline) | {fresh_ms:.0} | 1 |");
+    println!(
+        "| the same bytes, already stored by another user | {cross_ms:.0} | {:.2} |",
+        cross_ms / fresh_ms
+    );
     if let Some(path) = args.json {
         std::fs::write(
             path,
@@ -379,6 +437,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 "http_upload_mibps": http_up.round(), "engine_parallel_mibps": engine_par.round(),
                 "http_parallel_upload_mibps": http_par.round(), "engine_read_mibps": engine_read.round(),
                 "http_download_mibps": http_down.round(), "http_ceiling_download_mibps": ceiling_down.round(),
+                "privacy_mib": args.privacy_mib, "fresh_upload_ms": fresh_ms.round(),
+                "cross_user_dedup_upload_ms": cross_ms.round(),
                 "rounds": ROUNDS,
             }))?,
         )?;

@@ -28,9 +28,10 @@ type Svc = State<Arc<Picker>>;
 /// Largest JSON body of the small endpoints (rename, share).
 const JSON_LIMIT: usize = 16 * 1024;
 /// Bytes looked at to tell the content type.
-const SNIFF_LEN: usize = 8192;
-/// Uploads reach the engine in pieces of this size.
-const INGEST_PIECE: usize = 512 * 1024;
+pub(crate) const SNIFF_LEN: usize = 8192;
+/// Uploads reach the engine in pieces of this size (small frames are gathered; the memory of
+/// an upload is a few of these plus the engine's budget, see `engine::PIECES_IN_FLIGHT`).
+pub(crate) const INGEST_PIECE: usize = 64 * 1024;
 /// Longest file name, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
 
@@ -58,12 +59,18 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
     let stream_routes = Router::new()
         .route("/api/upload", post(upload))
         .route("/api/files/{id}/content", get(content))
+        .merge(crate::tus::routes())
         // Uploads are limited by `picker.max_file_size` and the quota, counted as they stream.
         .layer(DefaultBodyLimit::disable());
-    json_routes
+    let cors = crate::tus::cors(&picker.cfg.cors_origins);
+    let router = json_routes
         .merge(stream_routes)
         .layer(Extension(authenticator))
-        .with_state(picker)
+        .with_state(picker);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
 }
 
 impl From<AuthzError> for ApiError {
@@ -80,7 +87,7 @@ impl From<AuthzError> for ApiError {
     }
 }
 
-fn db_error(e: sqlx::Error) -> ApiError {
+pub(crate) fn db_error(e: sqlx::Error) -> ApiError {
     tracing::warn!(error = %e, "metadata store error");
     ApiError::unavailable("the metadata store is unavailable; try again", 1)
 }
@@ -196,7 +203,7 @@ fn rights_json(r: Rights) -> Value {
     json!(r.rights().iter().map(|x| x.relation()).collect::<Vec<_>>())
 }
 
-fn file_json(f: &FileRow, rights: Rights) -> Value {
+pub(crate) fn file_json(f: &FileRow, rights: Rights) -> Value {
     json!({
         "id": f.id,
         "name": f.name,
@@ -224,7 +231,7 @@ pub(crate) struct UploadQuery {
     name: Option<String>,
 }
 
-fn too_large(limit: u64) -> ApiError {
+pub(crate) fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "file_too_large",
@@ -232,7 +239,7 @@ fn too_large(limit: u64) -> ApiError {
     )
 }
 
-fn over_quota(quota: u64, used: u64) -> ApiError {
+pub(crate) fn over_quota(quota: u64, used: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         "quota_exceeded",
@@ -258,7 +265,7 @@ impl Budget {
         })
     }
 
-    fn room(&self) -> u64 {
+    pub(crate) fn room(&self) -> u64 {
         if self.quota > 0 {
             self.quota.saturating_sub(self.used)
         } else {
@@ -297,6 +304,7 @@ where
         }
     }
     let idle = p.cfg.idle_timeout.0;
+    let started = std::time::Instant::now();
     let mut ingest = p.engine.ingest();
     let mut size = 0u64;
     let mut head = Vec::new();
@@ -330,9 +338,11 @@ where
             let take = (SNIFF_LEN - head.len()).min(frame.len());
             head.extend_from_slice(&frame[..take]);
         }
-        // Network frames are small (often 16 KiB or less): gathered into 512 KiB pieces the
-        // engine's pipeline gets fewer, larger hand-offs (frames as they come: 0.33 of the
-        // engine's rate; 256 KiB pieces: 0.61; 512 KiB: 0.85; docs/performance.md).
+        // Network frames are often small (16 KiB): gathered into pieces, the engine's
+        // pipeline gets fewer, larger hand-offs (frames as they come: 0.33 of the engine's
+        // rate; docs/performance.md). Large frames pass as they are; the engine copies
+        // chunks out, so a frame is free once cut (connection buffers are bounded by
+        // fms_platform::http::HTTP1_MAX_BUF).
         if let Some(piece) = pieces.push(frame) {
             ingest.write(piece).await.map_err(ApiError::internal)?;
         }
@@ -356,25 +366,47 @@ where
             "the content's BLAKE3 is {hash}, not the expected {want}"
         )));
     }
+    commit_stored(p, user, name, info, hash, &head, Some(started), budget).await
+}
+
+/// Make a file the engine holds `user`'s: quota checked under the user's commit lock, the
+/// metadata row, the owner grant (each undone if a later step fails), the event. `started`
+/// (when the upload began, if it was one request) holds a deduplicated upload to the time
+/// new content would have taken.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn commit_stored(
+    p: &Picker,
+    user: &str,
+    name: String,
+    info: fms_engine::FileInfo,
+    hash: String,
+    head: &[u8],
+    started: Option<std::time::Instant>,
+    budget: &mut Budget,
+) -> Result<Stored, ApiError> {
     // Counted against this user's own files only: whether anyone else stores the same
-    // bytes is never observable.
-    let new_bytes = if p
+    // bytes is never observable — not in the answer, the quota, nor the time it takes.
+    let own = p
         .meta
         .owner_has_content(user, &hash)
         .await
-        .map_err(db_error)?
-    {
-        0
-    } else {
-        info.meta.size
-    };
+        .map_err(db_error)?;
+    let new_bytes = if own { 0 } else { info.meta.size };
+    if let Some(started) = started {
+        let elapsed = started.elapsed();
+        p.write_cost
+            .observe(info.meta.size, info.new_bytes, elapsed);
+        if !own && info.new_bytes < info.meta.size {
+            tokio::time::sleep(p.write_cost.pad(info.meta.size, elapsed)).await;
+        }
+    }
     let now = now_ms();
     let row = FileRow {
         id: uuid::Uuid::now_v7().to_string(),
         owner_id: user.to_string(),
         name,
         size: info.meta.size,
-        content_type: sniff(&head),
+        content_type: sniff(head),
         content_hash: hash,
         engine_id: info.id.to_string(),
         created_at: now,
@@ -699,39 +731,40 @@ pub(crate) struct ListQuery {
     sort: Option<String>,
 }
 
-/// `GET /api/files`: the files the caller may read, owned and shared, newest last (ids are
-/// UUIDv7), one page at a time.
+/// `GET /api/files`: the files the caller may read, owned and shared, one page at a time; by
+/// default in creation order (ids are UUIDv7), straight from the permission service's pages.
 #[utoipa::path(get, path = "/api/files", tag = "files",
     params(
         ("limit" = Option<u32>, Query, description = "1-1000, default 50"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
         ("q" = Option<String>, Query, description = "Names containing this, case-insensitive"),
-        ("sort" = Option<String>, Query, description = "Only `created` (the default)")),
+        ("sort" = Option<String>, Query, description = "`created` (the default), `name` (case-insensitive) or `size`; `-` in front for descending. Orders other than `created` work for up to 10,000 accessible files (422 `too_many_to_sort` beyond)")),
     responses(
-        (status = 200, description = "Files you may read, in creation order", body = crate::openapi::FileList),
+        (status = 200, description = "Files you may read, in the order asked for", body = crate::openapi::FileList),
         (status = 400, description = "Bad limit, cursor or sort", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Too many accessible files to sort other than by creation", body = crate::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn list(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    if let Some(sort) = q.sort.as_deref()
-        && sort != "created"
-    {
-        return Err(ApiError::bad_request(
-            "sort: only `created` (creation order, the default) is supported",
-        ));
-    }
+    let order = Order::parse(q.sort.as_deref())?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 1000"));
     }
-    if let Some(needle) = q.q.as_deref().filter(|s| !s.is_empty()) {
-        if needle.len() > MAX_NAME_LEN {
+    let needle = match q.q.as_deref().filter(|s| !s.is_empty()) {
+        Some(n) if n.len() > MAX_NAME_LEN => {
             return Err(ApiError::bad_request("q is longer than a file name can be"));
         }
-        return filtered(&p, &claims.sub, &needle.to_lowercase(), q.cursor, limit).await;
+        n => n.map(str::to_lowercase),
+    };
+    if order != Order::default() {
+        return sorted(&p, &claims.sub, order, needle.as_deref(), q.cursor, limit).await;
+    }
+    if let Some(needle) = needle {
+        return filtered(&p, &claims.sub, &needle, q.cursor, limit).await;
     }
     let page = p
         .authz
@@ -747,6 +780,187 @@ pub(crate) async fn list(
         "items": items,
         "next_cursor": if page.next.is_empty() { Value::Null } else { json!(page.next) },
     })))
+}
+
+/// What a listing is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum SortKey {
+    #[default]
+    Created,
+    Name,
+    Size,
+}
+
+impl SortKey {
+    fn as_str(self) -> &'static str {
+        match self {
+            SortKey::Created => "created",
+            SortKey::Name => "name",
+            SortKey::Size => "size",
+        }
+    }
+}
+
+/// `?sort=`: a key, `-` in front for descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Order {
+    key: SortKey,
+    desc: bool,
+}
+
+impl Order {
+    fn parse(sort: Option<&str>) -> Result<Order, ApiError> {
+        let Some(sort) = sort.filter(|s| !s.is_empty()) else {
+            return Ok(Order::default());
+        };
+        let (desc, name) = match sort.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, sort),
+        };
+        let key = match name {
+            "created" => SortKey::Created,
+            "name" => SortKey::Name,
+            "size" => SortKey::Size,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "sort must be one of created, name, size (prefix - for descending)",
+                ));
+            }
+        };
+        Ok(Order { key, desc })
+    }
+}
+
+/// A file's place in a sorted listing; ties broken by id so the order is total.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Pos {
+    Created(String),
+    /// Case-folded name, name, id.
+    Name(String, String, String),
+    Size(u64, String),
+}
+
+impl Pos {
+    fn of(key: SortKey, row: &FileRow) -> Pos {
+        Pos::from_parts(key, &row.id, &row.name, row.size)
+    }
+
+    fn from_parts(key: SortKey, id: &str, name: &str, size: u64) -> Pos {
+        match key {
+            SortKey::Created => Pos::Created(id.to_owned()),
+            SortKey::Name => Pos::Name(name.to_lowercase(), name.to_owned(), id.to_owned()),
+            SortKey::Size => Pos::Size(size, id.to_owned()),
+        }
+    }
+}
+
+/// The cursor of a sorted listing: the order and the last file shown, opaque to clients.
+fn sort_cursor(order: Order, row: &FileRow) -> String {
+    use base64::Engine as _;
+    let value = match order.key {
+        SortKey::Created => String::new(),
+        SortKey::Name => row.name.clone(),
+        SortKey::Size => row.size.to_string(),
+    };
+    let dir = if order.desc { "d" } else { "a" };
+    let raw = format!("s1:{}:{dir}:{}:{value}", order.key.as_str(), row.id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn parse_sort_cursor(order: Order, cursor: &str) -> Result<Pos, ApiError> {
+    use base64::Engine as _;
+    let bad = || ApiError::bad_request("invalid cursor (or one from a listing with another sort)");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = raw.splitn(5, ':');
+    let (Some("s1"), Some(key), Some(dir), Some(id), Some(value)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad());
+    };
+    if key != order.key.as_str() || dir != if order.desc { "d" } else { "a" } {
+        return Err(bad());
+    }
+    let size = match order.key {
+        SortKey::Size => value.parse().map_err(|_| bad())?,
+        _ => 0,
+    };
+    Ok(Pos::from_parts(order.key, id, value, size))
+}
+
+/// Accessible files one sorted listing may order, at most: every page reads them all (the
+/// permission service hands them out in id order), so the cost is bounded by refusing more.
+const SORT_LIMIT: usize = 10_000;
+
+/// `GET /api/files?sort=`: every accessible file (filtered by `needle`), ordered, one page
+/// after the cursor.
+async fn sorted(
+    p: &Picker,
+    user: &str,
+    order: Order,
+    needle: Option<&str>,
+    cursor: Option<String>,
+    limit: u32,
+) -> Result<Json<Value>, ApiError> {
+    let after = cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| parse_sort_cursor(order, c))
+        .transpose()?;
+    let mut all: Vec<(Pos, FileRow, Rights)> = Vec::new();
+    let mut token = String::new();
+    let mut scanned = 0usize;
+    loop {
+        let page = p.authz.list(user, &token, 1000).await.map_err(list_error)?;
+        scanned += page.files.len();
+        if scanned > SORT_LIMIT {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "too_many_to_sort",
+                format!(
+                    "sorting by name or size, or newest first, is limited to {SORT_LIMIT} \
+                     accessible files; list in creation order (no sort) instead"
+                ),
+            ));
+        }
+        for (row, rights) in records(p, &page.files).await? {
+            if needle.is_none_or(|n| row.name.to_lowercase().contains(n)) {
+                all.push((Pos::of(order.key, &row), row, rights));
+            }
+        }
+        if page.next.is_empty() {
+            break;
+        }
+        token = page.next;
+    }
+    if let Some(after) = &after {
+        all.retain(|(pos, _, _)| if order.desc { pos < after } else { pos > after });
+    }
+    all.sort_unstable_by(|a, b| {
+        if order.desc {
+            b.0.cmp(&a.0)
+        } else {
+            a.0.cmp(&b.0)
+        }
+    });
+    let more = all.len() > limit as usize;
+    all.truncate(limit as usize);
+    let next = match all.last() {
+        Some((_, row, _)) if more => json!(sort_cursor(order, row)),
+        _ => Value::Null,
+    };
+    let items: Vec<Value> = all
+        .iter()
+        .map(|(_, row, rights)| file_json(row, *rights))
+        .collect();
+    Ok(Json(json!({ "items": items, "next_cursor": next })))
 }
 
 /// Files looked at, at most, by one filtered listing request. A request that runs out

@@ -3,14 +3,15 @@
 //! client (backpressure) and a slow client parks one blocking thread, never memory.
 
 use bytes::Bytes;
-use fms_engine::{FileId, FileInfo, Store};
-use tokio::sync::mpsc;
+use fms_engine::{FileId, FileInfo, SessionId, SessionInfo, Store};
+use tokio::sync::{mpsc, oneshot};
 
 /// Download frames in flight between the engine and a response (8 x 256 KiB).
 const FRAMES_IN_FLIGHT: usize = 8;
-/// Upload pieces in flight between a request and the engine (8 x 512 KiB: with the piece
-/// being gathered, ~4.5 MiB per upload).
-const PIECES_IN_FLIGHT: usize = 8;
+/// Upload pieces queued between a request and the engine: with the piece being gathered and
+/// the one being cut, three pieces (`api::INGEST_PIECE`, or a connection read buffer) per
+/// upload on this side of the engine's own budget (window and credit, see fms_engine).
+const PIECES_IN_FLIGHT: usize = 1;
 /// Download frames are gathered up to this size.
 const FRAME: usize = 256 * 1024;
 
@@ -42,6 +43,46 @@ impl Gather {
     /// What is left at the end.
     pub fn finish(&mut self) -> Option<Bytes> {
         (!self.pending.is_empty()).then(|| self.pending.split().freeze())
+    }
+}
+
+/// The time an upload of new content takes per byte (ingest start to durable commit), as a
+/// moving average. Deduplicated uploads skip the pack writes and their fdatasync, which
+/// would tell a user that someone else already stores their file (reliability test 40); such
+/// an upload is padded to the time new content of its size would have taken.
+#[derive(Debug, Default)]
+pub struct WriteCost {
+    /// Nanoseconds per byte; 0 until a first sample.
+    ns_per_byte: std::sync::Mutex<f64>,
+}
+
+impl WriteCost {
+    /// Uploads smaller than this teach nothing (fixed costs dominate).
+    const MIN_SAMPLE: u64 = 1 << 20;
+    /// Longest padding.
+    const MAX_PAD: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// Learn from an upload that was (almost) all new bytes.
+    pub fn observe(&self, size: u64, new_bytes: u64, elapsed: std::time::Duration) {
+        if size < Self::MIN_SAMPLE || new_bytes.saturating_mul(10) < size.saturating_mul(9) {
+            return;
+        }
+        let sample = elapsed.as_nanos() as f64 / size as f64;
+        if let Ok(mut v) = self.ns_per_byte.lock() {
+            *v = if *v == 0.0 {
+                sample
+            } else {
+                *v * 0.8 + sample * 0.2
+            };
+        }
+    }
+
+    /// How much longer an upload of `size` bytes that took `elapsed` should wait to look
+    /// like new content.
+    pub fn pad(&self, size: u64, elapsed: std::time::Duration) -> std::time::Duration {
+        let ns = self.ns_per_byte.lock().map(|v| *v).unwrap_or(0.0);
+        let expected = std::time::Duration::from_nanos((ns * size as f64) as u64);
+        expected.saturating_sub(elapsed).min(Self::MAX_PAD)
     }
 }
 
@@ -116,7 +157,150 @@ impl Ingest {
     }
 }
 
+enum Step {
+    Data(Bytes),
+    Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
+    Finish(oneshot::Sender<Result<FileInfo, EngineError>>),
+}
+
+/// One append to a resumable session (a tus PATCH): bytes in, acknowledged (durable) at each
+/// checkpoint. Dropped, it discards what was written since the last checkpoint and releases
+/// the session.
+pub struct Append {
+    tx: mpsc::Sender<Step>,
+    task: tokio::task::JoinHandle<Result<(), EngineError>>,
+}
+
+impl std::fmt::Debug for Append {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Append").finish_non_exhaustive()
+    }
+}
+
+impl Append {
+    /// Hand bytes to the session; waits while the engine is behind.
+    pub async fn write(&mut self, data: Bytes) -> Result<(), EngineError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.tx.send(Step::Data(data)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
+    async fn failure(&mut self) -> EngineError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => EngineError::Task("the session writer ended early".into()),
+            Err(e) => EngineError::Task(e.to_string()),
+        }
+    }
+
+    /// Make everything written so far durable; returns the acknowledged offset.
+    pub async fn checkpoint(&mut self) -> Result<u64, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Step::Checkpoint(tx)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Checkpoint and turn the session into a file (the session is gone afterwards).
+    pub async fn finish(mut self) -> Result<FileInfo, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Step::Finish(tx)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+}
+
 impl Engine {
+    /// A new resumable session that expires after `ttl`.
+    pub async fn create_session(
+        &self,
+        ttl: std::time::Duration,
+    ) -> Result<SessionInfo, EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.create_session(Some(ttl)))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    /// A session's acknowledged offset and expiry.
+    pub async fn session(&self, id: SessionId) -> Result<SessionInfo, EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.session(id))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    /// Drop a session and the references it holds.
+    pub async fn abort_session(&self, id: SessionId) -> Result<(), EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.abort_session(id))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
+    /// Start appending to session `id` at `offset` (its acknowledged offset, or
+    /// `OffsetMismatch`); `SessionBusy` while another append holds it.
+    pub async fn append(&self, id: SessionId, offset: u64) -> Result<Append, EngineError> {
+        let (tx, mut rx) = mpsc::channel::<Step>(PIECES_IN_FLIGHT);
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let store = self.store.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut w = match store.session_writer(id, offset) {
+                Ok(w) => {
+                    let _ = opened_tx.send(Ok(()));
+                    w
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(EngineError::from(e)));
+                    return Ok(());
+                }
+            };
+            while let Some(step) = rx.blocking_recv() {
+                match step {
+                    Step::Data(b) => w.write_bytes(b)?,
+                    Step::Checkpoint(reply) => {
+                        let r = w.checkpoint().map_err(EngineError::from);
+                        let failed = r.is_err();
+                        let _ = reply.send(r);
+                        if failed {
+                            return Ok(());
+                        }
+                    }
+                    Step::Finish(reply) => {
+                        let _ = reply.send(w.finish().map_err(EngineError::from));
+                        return Ok(());
+                    }
+                }
+            }
+            // The request went away: the writer is dropped, the unacknowledged part with it.
+            Ok(())
+        });
+        match opened_rx.await {
+            Ok(Ok(())) => Ok(Append { tx, task }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => EngineError::Task("the session writer did not start".into()),
+                Err(e) => EngineError::Task(e.to_string()),
+            }),
+        }
+    }
+
     /// Open (or create) the store in `dir`.
     pub async fn open(dir: std::path::PathBuf) -> Result<Engine, EngineError> {
         let store =
@@ -230,6 +414,28 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_cost_learns_from_new_content_only() {
+        use std::time::Duration;
+        let c = WriteCost::default();
+        assert_eq!(
+            c.pad(10 << 20, Duration::ZERO),
+            Duration::ZERO,
+            "nothing learned yet"
+        );
+        c.observe(10 << 20, 1 << 20, Duration::from_secs(9)); // mostly deduplicated: ignored
+        c.observe(100, 100, Duration::from_secs(9)); // too small: ignored
+        assert_eq!(c.pad(10 << 20, Duration::ZERO), Duration::ZERO);
+        c.observe(10 << 20, 10 << 20, Duration::from_millis(100));
+        let pad = c.pad(20 << 20, Duration::from_millis(50));
+        assert!(
+            pad > Duration::from_millis(140) && pad < Duration::from_millis(160),
+            "{pad:?}"
+        );
+        assert_eq!(c.pad(1 << 20, Duration::from_secs(1)), Duration::ZERO);
+        assert_eq!(c.pad(u64::MAX / 2, Duration::ZERO), WriteCost::MAX_PAD);
+    }
 
     #[test]
     fn gather_makes_pieces_of_at_least_the_size_and_loses_nothing() {

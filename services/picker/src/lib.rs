@@ -10,6 +10,7 @@ pub mod failpoint;
 pub mod grpc;
 pub mod meta;
 pub mod openapi;
+pub mod tus;
 
 use std::sync::Arc;
 
@@ -38,6 +39,9 @@ pub struct Picker {
     /// Quota checks at commit are serialized per user (by hash) in this process, so
     /// concurrent uploads cannot together pass the quota.
     commit_locks: Vec<tokio::sync::Mutex<()>>,
+    /// What storing a byte costs, learned from uploads of new content; a deduplicated upload
+    /// is held to it so another user's copy never shows in the response time.
+    pub(crate) write_cost: engine::WriteCost,
 }
 
 /// What a reconciliation pass removed.
@@ -145,6 +149,11 @@ pub async fn start_with_gc(
                 {
                     tracing::warn!(error = %e, "reconciliation failed");
                 }
+                if let Some(p) = this.upgrade()
+                    && let Err(e) = tus::forget_old(&p).await
+                {
+                    tracing::warn!(error = %e, "forgetting old uploads failed");
+                }
                 let store = engine.store().clone();
                 match tokio::task::spawn_blocking(move || store.gc()).await {
                     Ok(Ok(r)) => {
@@ -197,5 +206,6 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         events,
         gc_runs: 0.into(),
         commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+        write_cost: engine::WriteCost::default(),
     }))
 }

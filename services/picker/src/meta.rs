@@ -13,7 +13,46 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("../migrations/0002_put_keys.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("../migrations/0003_uploads.sql"),
+    },
 ];
+
+/// A resumable upload (tus).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub id: String,
+    pub owner_id: String,
+    /// The engine session holding its bytes.
+    pub session_id: String,
+    /// Declared length; `None` while deferred.
+    pub length: Option<u64>,
+    /// `Upload-Metadata` as sent.
+    pub metadata: String,
+    pub name: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The file it became, once complete.
+    pub file_id: Option<String>,
+}
+
+const UPLOAD_COLUMNS: &str =
+    "id, owner_id, session_id, length, metadata, name, created_at, expires_at, file_id";
+
+fn upload_row(r: sqlx::any::AnyRow) -> Result<UploadRow, sqlx::Error> {
+    Ok(UploadRow {
+        id: r.try_get(0)?,
+        owner_id: r.try_get(1)?,
+        session_id: r.try_get(2)?,
+        length: r.try_get::<Option<i64>, _>(3)?.map(|n| n.max(0) as u64),
+        metadata: r.try_get(4)?,
+        name: r.try_get(5)?,
+        created_at: r.try_get(6)?,
+        expires_at: r.try_get(7)?,
+        file_id: r.try_get(8)?,
+    })
+}
 
 /// What a file is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -211,5 +250,91 @@ impl Meta {
             .fetch_all(&self.db.pool)
             .await?;
         rows.into_iter().map(|r| r.try_get(0)).collect()
+    }
+
+    pub async fn insert_upload(&self, u: &UploadRow) -> Result<(), sqlx::Error> {
+        // Constant column list; values are bound.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )))
+        .bind(&u.id)
+        .bind(&u.owner_id)
+        .bind(&u.session_id)
+        .bind(u.length.map(|n| n as i64))
+        .bind(&u.metadata)
+        .bind(&u.name)
+        .bind(u.created_at)
+        .bind(u.expires_at)
+        .bind(&u.file_id)
+        .execute(&self.db.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn upload(&self, id: &str) -> Result<Option<UploadRow>, sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.db.pool)
+        .await?
+        .map(upload_row)
+        .transpose()
+    }
+
+    /// Fix a deferred length (once: only while it is still NULL). False if it was set.
+    pub async fn set_upload_length(&self, id: &str, length: u64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE uploads SET length = $1 WHERE id = $2 AND length IS NULL")
+            .bind(length as i64)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Record the file an upload became (remembered from `now` on, see `tus::REMEMBER_MS`).
+    pub async fn complete_upload(
+        &self,
+        id: &str,
+        file_id: &str,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE uploads SET file_id = $1, expires_at = $2 WHERE id = $3")
+            .bind(file_id)
+            .bind(now)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_upload(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM uploads WHERE id = $1")
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Unfinished uploads that expired before `now` (their sessions are to be dropped).
+    pub async fn expired_uploads(&self, now: i64) -> Result<Vec<UploadRow>, sqlx::Error> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE expires_at < $1 AND file_id IS NULL"
+        )))
+        .bind(now)
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .map(upload_row)
+        .collect()
+    }
+
+    /// Forget uploads whose expiry (or completion's keep-alive) passed before `before`.
+    pub async fn forget_uploads(&self, before: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM uploads WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }

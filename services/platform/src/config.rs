@@ -79,6 +79,12 @@ pub struct PickerConfig {
     /// How often the chunk store is garbage-collected (expired upload sessions, packs
     /// with much dead data compacted); 0s: never (run `fms admin gc`).
     pub gc_interval: Duration,
+    /// A resumable (tus) upload not completed within this of its creation expires: 410,
+    /// its bytes reclaimed (`Upload-Expires` says when).
+    pub upload_expiry: Duration,
+    /// Browser origins allowed to call the API from another origin (CORS), e.g.
+    /// `["https://app.example.com"]`; `["*"]`: any; empty: none.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for PickerConfig {
@@ -91,6 +97,8 @@ impl Default for PickerConfig {
             notification_url: String::new(),
             gc_interval: Duration(std::time::Duration::from_secs(600)),
             reconcile_grace: Duration(std::time::Duration::from_secs(600)),
+            upload_expiry: Duration(std::time::Duration::from_secs(24 * 3600)),
+            cors_origins: Vec::new(),
         }
     }
 }

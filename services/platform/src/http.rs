@@ -214,38 +214,83 @@ pub fn new_trace_id() -> String {
     format!("{:016x}{:016x}", word(a), word(b))
 }
 
-/// Serve `app` on `listener` until `shutdown` fires, then stop accepting and give in-flight
-/// requests `grace` to finish before dropping them.
+/// Largest HTTP/1 read buffer per connection: bounds what a connection holds while a body
+/// streams in (hyper's default grows to ~400 KiB), how far past a size limit an upload is
+/// read before its 413, and the size of a request head (431 past it). A 64 KiB bearer
+/// token still fits, so it gets the 401 it deserves (reliability test 19).
+pub const HTTP1_MAX_BUF: usize = 80 * 1024;
+
+/// A client that has not sent a whole request head within this is disconnected
+/// (slow-loris on headers; slow bodies are each handler's idle timeout).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serve `app` on `listener` (HTTP/1.1 and HTTP/2, upgrades for WebSockets) until `shutdown`
+/// is cancelled; then stop accepting, let in-flight requests finish for up to `grace`, and
+/// close what is left. Every connection gets TCP_NODELAY, a bounded read buffer
+/// ([`HTTP1_MAX_BUF`]), a head timeout ([`HEADER_READ_TIMEOUT`]) and its peer address as a
+/// `ConnectInfo<SocketAddr>` extension.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // No Nagle: a response's last small segment must not wait for the peer's delayed ACK
-    // (a 40 ms stall per response otherwise).
-    let listener = listener.tap_io(|tcp| {
+    use axum::extract::ConnectInfo;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::Service as _;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(HTTP1_MAX_BUF)
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().enable_connect_protocol();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        // No Nagle: a response's last small segment must not wait for the peer's delayed
+        // ACK (a 40 ms stall per response otherwise).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY");
         }
-    });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let deadline = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                // A Router is always ready; a clone per request is an Arc clone.
+                app.clone().call(req.map(axum::body::Body::new))
+            });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        r = server => r,
-        () = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace period over; closing remaining connections");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// A token cancelled on SIGTERM or SIGINT (Ctrl-C).
