@@ -31,11 +31,22 @@ fn spawn(args: &[&str], env: &[(&str, String)], want_grpc: bool) -> Proc {
 
 /// Start `fms <args>` on the data dir `dir` (kept by the caller across restarts).
 fn spawn_in(dir: &std::path::Path, args: &[&str], env: &[(&str, String)], want_grpc: bool) -> Proc {
+    spawn_at(dir, "127.0.0.1:0", args, env, want_grpc)
+}
+
+/// Start `fms <args>` on `dir` with HTTP on `listen` (a fixed port survives restarts).
+fn spawn_at(
+    dir: &std::path::Path,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    want_grpc: bool,
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fms"));
     cmd.args(args)
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--grpc-listen", "127.0.0.1:0"])
         .env("FMS_LOG__FORMAT", "json")
         .env_remove("FMS_DATABASE__URL")
         .env_remove("FMS_REDIS__URL")
@@ -893,4 +904,313 @@ async fn memory_per_active_upload_is_bounded() {
         per_upload / 1024,
         bound / 1024
     );
+}
+
+/// A loopback port free right now (for a server restarted on the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn test_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with ./test"))
+}
+
+/// The file named `name` in the user's listing: (id, content hash).
+async fn listed(
+    c: &reqwest::Client,
+    url: &str,
+    token: &str,
+    name: &str,
+) -> Option<(String, String)> {
+    let list: Value = c
+        .get(format!("{url}/api/files?limit=1000"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == name)
+        .map(|i| {
+            (
+                i["id"].as_str().unwrap().to_string(),
+                i["content_hash"].as_str().unwrap().to_string(),
+            )
+        })
+}
+
+async fn download_hash(c: &reqwest::Client, url: &str, token: &str, id: &str) -> String {
+    let mut r = c
+        .get(format!("{url}/api/files/{id}/content"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut h = blake3::Hasher::new();
+    while let Some(b) = r.chunk().await.unwrap() {
+        h.update(&b);
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Run a client script; its stdout's last line is JSON.
+fn run_client(cmd: &mut Command) -> Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "client failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+fn clients_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients")
+}
+
+/// Issue 6: the real tus-js-client (Node.js) and tuspy (Python) upload 0 B, 1 B, 5 MiB and
+/// 200 MiB to `fms serve`, in one PATCH and in chunks that split at odd offsets; every file
+/// downloads byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_tus_clients_upload_every_size() {
+    let node_path = test_env("FMS_TEST_NODE_PATH");
+    let python = test_env("FMS_TEST_PYTHON");
+    let p = spawn(&["serve"], &[], false);
+    let c = client();
+    let url = p.http.clone();
+    let t = login_session(&c, &url, &username()).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let sizes = [0usize, 1, 5 << 20, 200 << 20];
+    let mut paths = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let path = files.path().join(format!("f{i}"));
+        std::fs::write(&path, noise(*n, 100 + i as u64)).unwrap();
+        paths.push((path, *n));
+    }
+    let endpoint = format!("{url}/api/uploads/");
+    for (client_name, chunk) in [
+        ("node", 0u64),
+        ("node", 1_000_003),
+        ("python", 0),
+        ("python", 999_983),
+    ] {
+        for (path, n) in &paths {
+            // 200 MiB in 1 MB pieces is 200 PATCHes; once per client is enough.
+            if *n == 200 << 20 && chunk != 0 && client_name == "python" {
+                continue;
+            }
+            let name = format!("{client_name}-{chunk}-{n}.bin");
+            let mut cmd = if client_name == "node" {
+                let mut cmd = Command::new("node");
+                cmd.arg(clients_dir().join("tus-upload.mjs"))
+                    .env("FMS_TEST_NODE_PATH", &node_path);
+                cmd
+            } else {
+                let mut cmd = Command::new(&python);
+                cmd.arg(clients_dir().join("tus_upload.py"));
+                cmd
+            };
+            cmd.args([
+                endpoint.as_str(),
+                token.as_str(),
+                path.to_str().unwrap(),
+                name.as_str(),
+                &chunk.to_string(),
+            ]);
+            let out = tokio::task::spawn_blocking(move || run_client(&mut cmd))
+                .await
+                .unwrap();
+            assert_eq!(out["bytes"], *n, "{name}");
+            let want = blake3::hash(&std::fs::read(path).unwrap())
+                .to_hex()
+                .to_string();
+            let (id, hash) = listed(&c, &url, &token, &name)
+                .await
+                .unwrap_or_else(|| panic!("{name} is not listed"));
+            assert_eq!(hash, want, "{name}");
+            assert_eq!(download_hash(&c, &url, &token, &id).await, want, "{name}");
+        }
+    }
+}
+
+/// Issue 6 / reliability test 13: `fms serve` killed (SIGKILL) in the middle of a
+/// tus-js-client upload and started again on the same address: the client resumes from
+/// what was acknowledged and the file is whole. Then the same by hand: after the restart the
+/// offset is at least what a 204 acknowledged, at most what was sent, and what must be sent
+/// again is at most one checkpoint interval plus one chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_resume_after_the_server_is_killed() {
+    const MIB: u64 = 1 << 20;
+    let node_path = test_env("FMS_TEST_NODE_PATH");
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut p = spawn_at(dir.path(), &listen, &["serve"], &[], false);
+    let c = client();
+    let url = p.http.clone();
+    let t = login_session(&c, &url, &username()).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("big");
+    let data = noise(160 << 20, 7);
+    std::fs::write(&path, &data).unwrap();
+    let want = blake3::hash(&data).to_hex().to_string();
+    drop(data);
+
+    // tus-js-client, 16 MiB PATCHes; the server dies after ~48 MiB.
+    let mut child = Command::new("node")
+        .arg(clients_dir().join("tus-upload.mjs"))
+        .args([
+            &format!("{url}/api/uploads/"),
+            token.as_str(),
+            path.to_str().unwrap(),
+            "resumed.bin",
+            &(16 * MIB).to_string(),
+        ])
+        .env("FMS_TEST_NODE_PATH", &node_path)
+        .env("FMS_TUS_PROGRESS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("no progress from tus-js-client");
+        if let Some(n) = line.strip_prefix("progress ")
+            && n.parse::<u64>().unwrap() >= 48 * MIB
+        {
+            break;
+        }
+    }
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    drop(p);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let p = spawn_at(dir.path(), &listen, &["serve"], &[], false);
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (id, hash) = listed(&c, &url, &token, "resumed.bin").await.unwrap();
+    assert_eq!(hash, want);
+    assert_eq!(download_hash(&c, &url, &token, &id).await, want);
+
+    // By hand: one acknowledged PATCH, then one streamed and cut by the kill.
+    let r = c
+        .post(format!("{url}/api/uploads"))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", (64 * MIB).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let loc = format!("{url}{}", r.headers()["location"].to_str().unwrap());
+    let data = noise(64 << 20, 8);
+    let r = c
+        .patch(&loc)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", "0")
+        .body(data[..(5 * MIB) as usize].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let acked = 5 * MIB;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let req = c
+        .patch(&loc)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", acked.to_string())
+        .body(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+    let inflight = tokio::spawn(async move { req.send().await });
+    let sent = 21 * MIB + 12_345;
+    for piece in data[acked as usize..(acked + sent) as usize].chunks(MIB as usize) {
+        tx.send(Ok(piece.to_vec())).await.unwrap();
+    }
+    // Let the server take in everything sent, then kill it mid-PATCH.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut p = p;
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    drop(p);
+    drop(tx);
+    let _ = inflight.await;
+    let _p = spawn_at(dir.path(), &listen, &["serve"], &[], false);
+    let r = c
+        .head(&loc)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let offset: u64 = r.headers()["upload-offset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!(
+        "resume: acknowledged {acked}, sent {}, offset after restart {offset}",
+        acked + sent
+    );
+    assert!(offset >= acked, "went backwards: {offset} < {acked}");
+    assert!(offset <= acked + sent, "more than was sent: {offset}");
+    assert!(
+        acked + sent - offset <= fms_picker::tus::CHECKPOINT_EVERY + 256 * 1024,
+        "{} bytes to send again",
+        acked + sent - offset
+    );
+    // Finish from there; the file is whole.
+    let r = c
+        .patch(&loc)
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("content-type", "application/offset+octet-stream")
+        .header("upload-offset", offset.to_string())
+        .body(data[offset as usize..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let id = loc.rsplit('/').next().unwrap();
+    let (_, hash) = listed(&c, &url, &token, "untitled")
+        .await
+        .unwrap_or_else(|| panic!("upload {id} not listed"));
+    assert_eq!(hash, blake3::hash(&data).to_hex().to_string());
 }

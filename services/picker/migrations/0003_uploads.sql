@@ -10,7 +10,9 @@ CREATE TABLE IF NOT EXISTS uploads (
     name       TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     expires_at BIGINT NOT NULL,
-    file_id    TEXT
+    file_id    TEXT,
+    concat     TEXT,
+    part_engine_id TEXT
 );
 CREATE INDEX IF NOT EXISTS uploads_by_expiry ON uploads (expires_at);
 CREATE INDEX IF NOT EXISTS uploads_by_owner ON uploads (owner_id);

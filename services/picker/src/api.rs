@@ -62,13 +62,16 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         .merge(crate::tus::routes())
         // Uploads are limited by `picker.max_file_size` and the quota, counted as they stream.
         .layer(DefaultBodyLimit::disable());
-    let cors = crate::tus::cors(&picker.cfg.cors_origins);
+    let cors = crate::tus::Cors::new(&picker.cfg.cors_origins);
     let router = json_routes
         .merge(stream_routes)
         .layer(Extension(authenticator))
         .with_state(picker);
     match cors {
-        Some(layer) => router.layer(layer),
+        Some(c) => router.layer(axum::middleware::from_fn_with_state(
+            Arc::new(c),
+            crate::tus::cors,
+        )),
         None => router,
     }
 }

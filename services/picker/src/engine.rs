@@ -160,12 +160,18 @@ impl Ingest {
 enum Step {
     Data(Bytes),
     Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
+    /// Checkpoint, release the session, then answer.
+    Close(oneshot::Sender<Result<u64, EngineError>>),
+    /// Discard what is not acknowledged, release the session, then answer.
+    Abandon(oneshot::Sender<()>),
     Finish(oneshot::Sender<Result<FileInfo, EngineError>>),
 }
 
 /// One append to a resumable session (a tus PATCH): bytes in, acknowledged (durable) at each
-/// checkpoint. Dropped, it discards what was written since the last checkpoint and releases
-/// the session.
+/// checkpoint. End it with [`Append::close`], [`Append::abandon`] or [`Append::finish`]: each
+/// returns once the session is free again, so the client's next request finds it free.
+/// Merely dropped, it discards what was written since the last checkpoint and releases the
+/// session a moment later.
 pub struct Append {
     tx: mpsc::Sender<Step>,
     task: tokio::task::JoinHandle<Result<(), EngineError>>,
@@ -206,6 +212,28 @@ impl Append {
         match rx.await {
             Ok(r) => r,
             Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Checkpoint and release the session; returns the acknowledged offset.
+    pub async fn close(mut self) -> Result<u64, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Step::Close(tx)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Discard what was written since the last checkpoint and release the session.
+    pub async fn abandon(self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Step::Abandon(tx)).await.is_ok() {
+            let _ = rx.await;
+        } else {
+            let _ = self.task.await;
         }
     }
 
@@ -280,6 +308,17 @@ impl Engine {
                         if failed {
                             return Ok(());
                         }
+                    }
+                    Step::Close(reply) => {
+                        let r = w.checkpoint().map_err(EngineError::from);
+                        drop(w);
+                        let _ = reply.send(r);
+                        return Ok(());
+                    }
+                    Step::Abandon(reply) => {
+                        drop(w);
+                        let _ = reply.send(());
+                        return Ok(());
                     }
                     Step::Finish(reply) => {
                         let _ = reply.send(w.finish().map_err(EngineError::from));
@@ -402,6 +441,15 @@ impl Engine {
     }
 
     /// Drop a file's references (GC reclaims unshared chunks).
+    /// A new file joining `parts` (their chunks, not copies of them).
+    pub async fn concat(&self, parts: Vec<FileId>) -> Result<FileInfo, EngineError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.concat(&parts))
+            .await
+            .map_err(|e| EngineError::Task(e.to_string()))?
+            .map_err(Into::into)
+    }
+
     pub async fn delete(&self, id: FileId) -> Result<(), EngineError> {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.delete(id))

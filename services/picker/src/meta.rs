@@ -35,10 +35,14 @@ pub struct UploadRow {
     pub expires_at: i64,
     /// The file it became, once complete.
     pub file_id: Option<String>,
+    /// `partial` or `final` (concatenation), else `None`.
+    pub concat: Option<String>,
+    /// A completed partial upload's engine file (it is no user's file on its own).
+    pub part_engine_id: Option<String>,
 }
 
-const UPLOAD_COLUMNS: &str =
-    "id, owner_id, session_id, length, metadata, name, created_at, expires_at, file_id";
+const UPLOAD_COLUMNS: &str = "id, owner_id, session_id, length, metadata, name, created_at, \
+     expires_at, file_id, concat, part_engine_id";
 
 fn upload_row(r: sqlx::any::AnyRow) -> Result<UploadRow, sqlx::Error> {
     Ok(UploadRow {
@@ -51,6 +55,8 @@ fn upload_row(r: sqlx::any::AnyRow) -> Result<UploadRow, sqlx::Error> {
         created_at: r.try_get(6)?,
         expires_at: r.try_get(7)?,
         file_id: r.try_get(8)?,
+        concat: r.try_get(9)?,
+        part_engine_id: r.try_get(10)?,
     })
 }
 
@@ -246,16 +252,20 @@ impl Meta {
 
     /// Every engine id a row names.
     pub async fn engine_ids(&self) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        let rows = sqlx::query("SELECT engine_id FROM files")
-            .fetch_all(&self.db.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT engine_id FROM files UNION \
+             SELECT part_engine_id FROM uploads WHERE part_engine_id IS NOT NULL",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
         rows.into_iter().map(|r| r.try_get(0)).collect()
     }
 
     pub async fn insert_upload(&self, u: &UploadRow) -> Result<(), sqlx::Error> {
         // Constant column list; values are bound.
         sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO uploads ({UPLOAD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO uploads ({UPLOAD_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         )))
         .bind(&u.id)
         .bind(&u.owner_id)
@@ -266,6 +276,8 @@ impl Meta {
         .bind(u.created_at)
         .bind(u.expires_at)
         .bind(&u.file_id)
+        .bind(&u.concat)
+        .bind(&u.part_engine_id)
         .execute(&self.db.pool)
         .await?;
         Ok(())
@@ -308,6 +320,22 @@ impl Meta {
         Ok(())
     }
 
+    /// Record the engine file a partial upload became (remembered from `now` on).
+    pub async fn complete_part(
+        &self,
+        id: &str,
+        engine_id: &str,
+        now: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE uploads SET part_engine_id = $1, expires_at = $2 WHERE id = $3")
+            .bind(engine_id)
+            .bind(now)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn delete_upload(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM uploads WHERE id = $1")
             .bind(id)
@@ -326,6 +354,19 @@ impl Meta {
         .await?
         .into_iter()
         .map(upload_row)
+        .collect()
+    }
+
+    /// Engine files of partial uploads remembered before `before` (to delete as they go).
+    pub async fn old_parts(&self, before: i64) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query(
+            "SELECT part_engine_id FROM uploads WHERE expires_at < $1 AND part_engine_id IS NOT NULL",
+        )
+        .bind(before)
+        .fetch_all(&self.db.pool)
+        .await?
+        .into_iter()
+        .map(|r| r.try_get(0))
         .collect()
     }
 

@@ -1,6 +1,7 @@
 //! Resumable uploads: tus 1.0 (<https://tus.io/protocols/resumable-upload>) at
 //! `/api/uploads/`, with the creation, creation-with-upload, creation-defer-length,
-//! termination, expiration and checksum extensions.
+//! termination, expiration, checksum and concatenation extensions. Concatenation joins
+//! partial uploads by their chunk lists: no byte is copied.
 //!
 //! The bytes go straight into a chunk-engine session (no temporary files): the offset a
 //! client is told is the session's acknowledged offset, made durable by a checkpoint before
@@ -39,8 +40,10 @@ use crate::meta::UploadRow;
 
 /// The protocol version spoken (and the only one accepted).
 pub const VERSION: &str = "1.0.0";
-const EXTENSIONS: &str =
-    "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum";
+const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,termination,\
+                          expiration,checksum,concatenation";
+/// Most partial uploads one final upload joins.
+const MAX_PARTS: usize = 1000;
 const ALGORITHMS: &str = "sha1,md5,blake3";
 const OCTETS: &str = "application/offset+octet-stream";
 /// A PATCH without a checksum is acknowledged every this many bytes: a dropped connection
@@ -257,10 +260,25 @@ async fn owned_upload(p: &Picker, user: &str, id: &str) -> Result<UploadRow, Api
         .map_err(db_error)?
         .filter(|r| r.owner_id == user)
         .ok_or_else(ApiError::not_found)?;
-    if row.file_id.is_none() && row.expires_at <= now_ms() {
+    if !is_complete(&row) && row.expires_at <= now_ms() {
         return Err(tus_error(410, "expired", "this upload expired unfinished"));
     }
     Ok(row)
+}
+
+/// Complete: a file (or, for a partial upload, an engine file waiting to be joined).
+fn is_complete(row: &UploadRow) -> bool {
+    row.file_id.is_some() || row.part_engine_id.is_some()
+}
+
+fn is_partial(row: &UploadRow) -> bool {
+    row.concat.as_deref() == Some("partial")
+}
+
+fn is_final(row: &UploadRow) -> bool {
+    row.concat
+        .as_deref()
+        .is_some_and(|c| c.starts_with("final;"))
 }
 
 fn engine_error(e: EngineError) -> ApiError {
@@ -291,9 +309,20 @@ async fn create(
     let user = claims.sub;
     let h = request.headers().clone();
     check_version(&h)?;
-    if h.contains_key("upload-concat") {
+    let concat = h
+        .get("upload-concat")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::bad_request("Upload-Concat must be ASCII"))
+        })
+        .transpose()?;
+    if let Some(spec) = concat.as_deref().and_then(|c| c.strip_prefix("final;")) {
+        return create_final(&p, &user, &h, spec).await;
+    }
+    if concat.as_deref().is_some_and(|c| c != "partial") {
         return Err(ApiError::bad_request(
-            "the concatenation extension is not offered by this server",
+            "Upload-Concat must be `partial` or `final;<upload URLs>`",
         ));
     }
     let length = number(&h, "upload-length")?;
@@ -349,6 +378,8 @@ async fn create(
         created_at: now_ms(),
         expires_at: session.expires_ms as i64,
         file_id: None,
+        concat,
+        part_engine_id: None,
     };
     if let Err(e) = p.meta.insert_upload(&row).await {
         let _ = p.engine.abort_session(session.id).await;
@@ -382,6 +413,117 @@ async fn create(
     Ok(r)
 }
 
+/// The id of an upload named by URL (absolute or a path) in `Upload-Concat`.
+fn upload_id_of(url: &str) -> Option<&str> {
+    let id = url.rsplit_once("/api/uploads/")?.1;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+/// `POST` with `Upload-Concat: final;<URLs>`: join the user's completed partial uploads, in
+/// order, into one file, from their chunk lists (no byte copied); the parts are then gone.
+async fn create_final(
+    p: &Picker,
+    user: &str,
+    h: &HeaderMap,
+    spec: &str,
+) -> Result<Response, ApiError> {
+    if h.contains_key("upload-length") || h.contains_key("upload-defer-length") {
+        return Err(ApiError::bad_request(
+            "a final upload's length is the sum of its parts; send no Upload-Length",
+        ));
+    }
+    let urls: Vec<&str> = spec.split(' ').filter(|u| !u.is_empty()).collect();
+    if urls.is_empty() || urls.len() > MAX_PARTS {
+        return Err(ApiError::bad_request(format!(
+            "Upload-Concat final names 1 to {MAX_PARTS} partial uploads"
+        )));
+    }
+    let mut parts = Vec::new();
+    let mut engine_parts = Vec::new();
+    let mut total = 0u64;
+    for url in &urls {
+        // Another user's upload reads exactly like a missing one.
+        let unknown = || ApiError::bad_request(format!("{url} is not one of your partial uploads"));
+        let id = upload_id_of(url).ok_or_else(unknown)?;
+        let row = p
+            .meta
+            .upload(id)
+            .await
+            .map_err(db_error)?
+            .filter(|r| r.owner_id == user && is_partial(r))
+            .ok_or_else(unknown)?;
+        let Some(engine_id) = row.part_engine_id.as_deref() else {
+            return Err(ApiError::bad_request(format!(
+                "the partial upload {url} is not complete"
+            )));
+        };
+        engine_parts.push(
+            engine_id
+                .parse::<fms_engine::FileId>()
+                .map_err(|e| ApiError::internal(format!("upload {id}: bad engine id: {e}")))?,
+        );
+        total = total.saturating_add(row.length.unwrap_or(0));
+        parts.push(row);
+    }
+    let mut budget = Budget::of(p, user).await?;
+    if total > budget.max_file {
+        return Err(too_large(budget.max_file));
+    }
+    if total > budget.room() {
+        return Err(over_quota(budget.quota, budget.used));
+    }
+    let metadata = h
+        .get("upload-metadata")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let name = parse_metadata(&metadata)?.unwrap_or_else(|| "untitled".to_string());
+    let info = p
+        .engine
+        .concat(engine_parts.clone())
+        .await
+        .map_err(|e| match e {
+            EngineError::Engine(fms_engine::Error::NotFound(_)) => tus_error(
+                409,
+                "conflict",
+                "a partial upload went away; upload it again",
+            ),
+            e => ApiError::internal(e),
+        })?;
+    let hash = hex::encode(info.meta.hash);
+    let head = head_of(p, &info).await;
+    let stored = commit_stored(p, user, name.clone(), info, hash, &head, None, &mut budget).await?;
+    let now = now_ms();
+    let row = UploadRow {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        owner_id: user.to_string(),
+        session_id: String::new(),
+        length: Some(stored.row.size),
+        metadata,
+        name,
+        created_at: now,
+        expires_at: now,
+        file_id: Some(stored.row.id.clone()),
+        concat: Some(format!("final;{}", urls.join(" "))),
+        part_engine_id: None,
+    };
+    p.meta.insert_upload(&row).await.map_err(db_error)?;
+    // Joined: the parts are not needed any more (the file holds their chunks).
+    for (part, engine_id) in parts.iter().zip(engine_parts) {
+        let _ = p.meta.delete_upload(&part.id).await;
+        let _ = p.engine.delete(engine_id).await;
+    }
+    metrics::counter!("picker_tus_uploads_concatenated_total").increment(1);
+    let mut r = StatusCode::CREATED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/uploads/{}", row.id)) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&stored.row.size.to_string()) {
+        r.headers_mut().insert("upload-offset", v);
+    }
+    Ok(r)
+}
+
 fn is_octets(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -390,7 +532,7 @@ fn is_octets(h: &HeaderMap) -> bool {
 
 /// The offset an upload has acknowledged (its length once complete).
 async fn acknowledged(p: &Picker, row: &UploadRow) -> Result<u64, ApiError> {
-    if row.file_id.is_some() {
+    if is_complete(row) {
         return Ok(row.length.unwrap_or(0));
     }
     let info = p
@@ -431,8 +573,13 @@ async fn status(
     {
         h.insert("upload-metadata", v);
     }
-    if row.file_id.is_none() {
+    if !is_complete(&row) {
         h.insert("upload-expires", http_date(row.expires_at));
+    }
+    if let Some(c) = row.concat.as_deref()
+        && let Ok(v) = HeaderValue::from_str(c)
+    {
+        h.insert("upload-concat", v);
     }
     Ok(r)
 }
@@ -457,6 +604,13 @@ async fn append(
         .ok_or_else(|| ApiError::bad_request("the Upload-Offset header is required"))?;
     let checksum = Checksum::parse(&h)?;
     let mut row = owned_upload(&p, &claims.sub, &id).await?;
+    if is_final(&row) {
+        return Err(tus_error(
+            403,
+            "forbidden",
+            "a final upload is made of its parts; it takes no PATCH",
+        ));
+    }
     let mut budget = Budget::of(&p, &claims.sub).await?;
     if let Some(n) = number(&h, "upload-length")? {
         match row.length {
@@ -494,7 +648,7 @@ async fn append(
             }
         }
     }
-    if let Some(file) = &row.file_id {
+    if is_complete(&row) {
         // Complete already: only a repeat of the final, empty PATCH is fine.
         let len = row.length.unwrap_or(0);
         if offset != len {
@@ -511,7 +665,7 @@ async fn append(
                 "the upload is complete; no more bytes fit",
             ));
         }
-        tracing::debug!(upload = %row.id, %file, "PATCH on a completed upload");
+        tracing::debug!(upload = %row.id, "PATCH on a completed upload");
         return Ok(offset_response(len));
     }
     let offset = write(&p, &row, offset, checksum, request.into_body(), &mut budget).await?;
@@ -527,12 +681,13 @@ fn offset_response(offset: u64) -> Response {
 }
 
 /// Stream `body` into the upload's session from `offset`; complete the upload when its last
-/// byte arrived. Returns the offset acknowledged at the end.
+/// byte arrived. Returns the offset acknowledged at the end. The session is free again when
+/// this returns, whatever the outcome.
 async fn write(
     p: &Picker,
     row: &UploadRow,
     offset: u64,
-    mut checksum: Option<Checksum>,
+    checksum: Option<Checksum>,
     body: Body,
     budget: &mut Budget,
 ) -> Result<u64, ApiError> {
@@ -542,30 +697,66 @@ async fn write(
         .append(session, offset)
         .await
         .map_err(engine_error)?;
+    match stream_into(p, row, offset, checksum, body, budget, &mut app).await {
+        Ok(Ending::Acknowledge) => app.close().await.map_err(ApiError::internal),
+        Ok(Ending::Complete(at)) => {
+            complete(p, row, app, budget).await?;
+            Ok(at)
+        }
+        Ok(Ending::KeepAndFail(e)) => {
+            // Keep what arrived: the client resumes from there.
+            let kept = app.close().await.map_err(ApiError::internal)?;
+            tracing::info!(upload = %row.id, kept, "PATCH cut short; received bytes kept");
+            Err(e)
+        }
+        Err(e) => {
+            // Nothing of this PATCH past the last checkpoint is kept.
+            app.abandon().await;
+            Err(e)
+        }
+    }
+}
+
+/// How a PATCH body ended.
+enum Ending {
+    /// Acknowledge everything received.
+    Acknowledge,
+    /// The last byte is in (at this offset).
+    Complete(u64),
+    /// The body stopped early (timeout, disconnect): acknowledge what came, then fail.
+    KeepAndFail(ApiError),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_into(
+    p: &Picker,
+    row: &UploadRow,
+    offset: u64,
+    mut checksum: Option<Checksum>,
+    body: Body,
+    budget: &mut Budget,
+    app: &mut Append,
+) -> Result<Ending, ApiError> {
     let idle = p.cfg.idle_timeout.0;
     let whole = checksum.is_some();
     let mut stream = body.into_data_stream();
     let mut pieces = Gather::new(INGEST_PIECE);
     let mut at = offset;
     let mut since_checkpoint = 0u64;
-    // Why the body stopped early, if it did.
-    let mut cut_short: Option<ApiError> = None;
     loop {
         let frame = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => {
-                cut_short = Some(tus_error(
+                let e = tus_error(
                     408,
                     "timeout",
                     format!("no upload data for {}s", idle.as_secs()),
-                ));
-                break;
+                );
+                return keep_or_fail(app, &mut pieces, whole, e).await;
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                cut_short = Some(ApiError::bad_request(format!(
-                    "the upload was interrupted: {e}"
-                )));
-                break;
+                let e = ApiError::bad_request(format!("the upload was interrupted: {e}"));
+                return keep_or_fail(app, &mut pieces, whole, e).await;
             }
             Ok(Some(Ok(b))) => b,
         };
@@ -573,7 +764,6 @@ async fn write(
         if let Some(len) = row.length
             && next > len
         {
-            // Nothing of this PATCH past the last checkpoint is kept.
             return Err(tus_error(
                 413,
                 "upload_too_long",
@@ -595,26 +785,15 @@ async fn write(
             app.write(piece).await.map_err(ApiError::internal)?;
         }
         if !whole && since_checkpoint >= CHECKPOINT_EVERY {
-            flush(&mut app, &mut pieces).await?;
+            flush(app, &mut pieces).await?;
             app.checkpoint().await.map_err(ApiError::internal)?;
             since_checkpoint = 0;
         }
     }
-    if let Some(e) = cut_short {
-        if !whole {
-            // Keep what arrived: the client resumes from here.
-            flush(&mut app, &mut pieces).await?;
-            let kept = app.checkpoint().await.map_err(ApiError::internal)?;
-            tracing::info!(upload = %row.id, kept, "PATCH cut short; received bytes kept");
-        }
-        return Err(e);
-    }
-    flush(&mut app, &mut pieces).await?;
+    flush(app, &mut pieces).await?;
     if let Some(c) = checksum
         && !c.matches()
     {
-        // Dropping the append discards this PATCH: the offset stays where it was.
-        drop(app);
         metrics::counter!("picker_tus_checksum_mismatches_total").increment(1);
         return Err(tus_error(
             460,
@@ -622,11 +801,25 @@ async fn write(
             "the body does not match Upload-Checksum; nothing of it was kept",
         ));
     }
-    if row.length != Some(at) {
-        return app.checkpoint().await.map_err(ApiError::internal);
+    if row.length == Some(at) {
+        Ok(Ending::Complete(at))
+    } else {
+        Ok(Ending::Acknowledge)
     }
-    complete(p, row, app, budget).await?;
-    Ok(at)
+}
+
+/// A body that stopped early: without a checksum what came is kept, with one nothing is.
+async fn keep_or_fail(
+    app: &mut Append,
+    pieces: &mut Gather,
+    whole: bool,
+    e: ApiError,
+) -> Result<Ending, ApiError> {
+    if whole {
+        return Err(e);
+    }
+    flush(app, pieces).await?;
+    Ok(Ending::KeepAndFail(e))
 }
 
 async fn flush(app: &mut Append, pieces: &mut Gather) -> Result<(), ApiError> {
@@ -644,6 +837,14 @@ async fn complete(
     budget: &mut Budget,
 ) -> Result<(), ApiError> {
     let info = app.finish().await.map_err(ApiError::internal)?;
+    if is_partial(row) {
+        // Waits, as an engine file, for the final upload that joins it.
+        p.meta
+            .complete_part(&row.id, &info.id.to_string(), now_ms())
+            .await
+            .map_err(db_error)?;
+        return Ok(());
+    }
     let hash = hex::encode(info.meta.hash);
     let head = head_of(p, &info).await;
     let stored = commit_stored(
@@ -693,7 +894,11 @@ async fn terminate(
         }
         Err(e) => return Err(e),
     };
-    if row.file_id.is_none() {
+    if let Some(engine_id) = row.part_engine_id.as_deref()
+        && let Ok(id) = engine_id.parse()
+    {
+        let _ = p.engine.delete(id).await;
+    } else if !is_complete(&row) {
         match p.engine.abort_session(session_of(&row)?).await {
             Ok(()) | Err(EngineError::Engine(fms_engine::Error::SessionNotFound(_))) => {}
             Err(e) => return Err(engine_error(e)),
@@ -707,76 +912,97 @@ async fn terminate(
 /// Forget uploads expired or completed more than [`REMEMBER_MS`] ago (the engine's GC
 /// reclaims expired sessions' bytes by itself).
 pub async fn forget_old(p: &Picker) -> Result<u64, sqlx::Error> {
-    p.meta.forget_uploads(now_ms() - REMEMBER_MS).await
+    let before = now_ms() - REMEMBER_MS;
+    // Partial uploads never joined: their engine files go with them.
+    for engine_id in p.meta.old_parts(before).await? {
+        if let Ok(id) = engine_id.parse() {
+            let _ = p.engine.delete(id).await;
+        }
+    }
+    p.meta.forget_uploads(before).await
 }
 
-/// CORS for browser clients (Uppy, tus-js-client) on another origin: the tus headers
-/// allowed in and exposed out.
-pub fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
-    use tower_http::cors::{AllowOrigin, CorsLayer};
-    if origins.is_empty() {
-        return None;
-    }
-    let allow = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            origins
+/// Request headers a browser may send cross-origin.
+const CORS_ALLOW_HEADERS: &str = "authorization, content-type, tus-resumable, upload-length, \
+    upload-defer-length, upload-metadata, upload-offset, upload-checksum, upload-concat, \
+    x-http-method-override, x-requested-with, range, if-none-match, if-range";
+/// Response headers a browser lets cross-origin scripts read.
+const CORS_EXPOSE_HEADERS: &str = "location, tus-resumable, tus-version, tus-extension, \
+    tus-max-size, tus-checksum-algorithm, upload-offset, upload-length, upload-defer-length, \
+    upload-metadata, upload-expires, content-range, content-disposition, etag, retry-after";
+const CORS_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE, OPTIONS";
+
+/// Origins allowed cross-origin (`picker.cors_origins`).
+#[derive(Debug, Clone)]
+pub struct Cors {
+    any: bool,
+    origins: Vec<HeaderValue>,
+}
+
+impl Cors {
+    /// `None` when no origin is configured (no CORS headers at all).
+    pub fn new(origins: &[String]) -> Option<Cors> {
+        (!origins.is_empty()).then(|| Cors {
+            any: origins.iter().any(|o| o == "*"),
+            origins: origins
                 .iter()
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect::<Vec<_>>(),
-        )
+                .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+                .collect(),
+        })
+    }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.any || self.origins.iter().any(|o| o == origin)
+    }
+}
+
+/// CORS for browser clients (Uppy, tus-js-client) on another origin: a preflight (OPTIONS
+/// with `Access-Control-Request-Method`) is answered here; any other request goes on, its
+/// response marked for an allowed origin. A plain OPTIONS still reaches tus discovery.
+pub async fn cors(
+    State(cors): State<Arc<Cors>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|o| cors.allows(o))
+        .cloned();
+    let preflight = request.method() == axum::http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut r = if preflight {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        next.run(request).await
     };
-    let names = |list: &[&'static str]| -> Vec<header::HeaderName> {
-        list.iter()
-            .map(|n| header::HeaderName::from_static(n))
-            .collect()
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([
-                axum::http::Method::GET,
-                axum::http::Method::HEAD,
-                axum::http::Method::POST,
-                axum::http::Method::PATCH,
-                axum::http::Method::DELETE,
-                axum::http::Method::OPTIONS,
-            ])
-            .allow_headers(names(&[
-                "authorization",
-                "content-type",
-                "tus-resumable",
-                "upload-length",
-                "upload-defer-length",
-                "upload-metadata",
-                "upload-offset",
-                "upload-checksum",
-                "upload-concat",
-                "x-http-method-override",
-                "x-requested-with",
-                "range",
-                "if-none-match",
-                "if-range",
-            ]))
-            .expose_headers(names(&[
-                "location",
-                "tus-resumable",
-                "tus-version",
-                "tus-extension",
-                "tus-max-size",
-                "tus-checksum-algorithm",
-                "upload-offset",
-                "upload-length",
-                "upload-defer-length",
-                "upload-metadata",
-                "upload-expires",
-                "content-range",
-                "etag",
-                "content-disposition",
-            ]))
-            .max_age(Duration::from_secs(3600)),
-    )
+    let h = r.headers_mut();
+    h.append(header::VARY, HeaderValue::from_static("origin"));
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        if preflight {
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static(CORS_METHODS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static(CORS_ALLOW_HEADERS),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("3600"),
+            );
+        } else {
+            h.insert(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                HeaderValue::from_static(CORS_EXPOSE_HEADERS),
+            );
+        }
+    }
+    r
 }
 
 #[cfg(test)]

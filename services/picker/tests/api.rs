@@ -1,140 +1,13 @@
 //! The picker's REST API end to end over real sockets, on both backends (embedded SQLite,
 //! and PostgreSQL): auth, permission and picker in one process, as `fms serve` runs them.
 
+mod common;
+
 use std::time::Duration;
 
-use fms_platform::Config;
-use fms_platform::db::Db;
-use fms_platform::http::{self, Service};
-use fms_platform::units::{ByteSize, Duration as Dur};
+use common::{client, random, start, start_full, start_with, user};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
-
-struct Server {
-    url: String,
-    picker: std::sync::Arc<fms_picker::Picker>,
-    stop: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn fresh_postgres() -> String {
-    let admin = std::env::var("FMS_TEST_POSTGRES_URL")
-        .expect("FMS_TEST_POSTGRES_URL is not set: run the tests with ./test");
-    fms_platform::db::create_database(&admin, "t")
-        .await
-        .expect("create a database on the test PostgreSQL")
-}
-
-async fn start(postgres: bool) -> Server {
-    start_with(postgres, 8 << 20, 12 << 20).await
-}
-
-async fn start_with(postgres: bool, max_file: u64, quota: u64) -> Server {
-    start_full(postgres, max_file, quota, Duration::ZERO, "").await
-}
-
-async fn start_full(
-    postgres: bool,
-    max_file: u64,
-    quota: u64,
-    gc_every: Duration,
-    notification_url: &str,
-) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    cfg.picker.notification_url = notification_url.to_string();
-    cfg.picker.gc_interval = Dur(gc_every);
-    cfg.picker.max_file_size = ByteSize(max_file);
-    cfg.picker.quota = ByteSize(quota);
-    cfg.picker.idle_timeout = Dur(Duration::from_secs(1));
-    if postgres {
-        cfg.database.url = fresh_postgres().await;
-    }
-    let stop = CancellationToken::new();
-    let db = Db::connect(&cfg.database, &cfg.data_dir).await.unwrap();
-    let auth = fms_auth::start(
-        &cfg,
-        db.clone(),
-        fms_auth::shared::Shared::local(),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let authenticator = auth.authenticator.clone();
-    let perms = fms_permission::start(&cfg, db.clone(), stop.clone())
-        .await
-        .unwrap();
-    let picker = fms_picker::start_with_gc(
-        &cfg,
-        db,
-        fms_picker::authz::Authz::Local(perms),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
-    let routes =
-        fms_auth::api::routes(auth).merge(fms_picker::api::routes(picker.clone(), authenticator));
-    let app = http::app(
-        Service {
-            name: "fms-test",
-            checks: vec![],
-        },
-        routes,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(http::serve(
-        listener,
-        app,
-        stop.clone(),
-        Duration::from_secs(1),
-    ));
-    Server {
-        url: format!("http://{addr}"),
-        picker,
-        stop,
-        _dir: dir,
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-/// Register and log in; returns (token, username).
-async fn user(c: &reqwest::Client, url: &str) -> (String, String) {
-    let name = format!("u{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let body = json!({"username": name, "password": "correct horse battery staple"});
-    let r = c
-        .post(format!("{url}/auth/register"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let r = c
-        .post(format!("{url}/auth/login"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let t: Value = r.json().await.unwrap();
-    (t["access_token"].as_str().unwrap().to_string(), name)
-}
 
 async fn upload(
     c: &reqwest::Client,
@@ -178,20 +51,6 @@ async fn headers_only(addr: &str, token: &str, length: u64) -> String {
         .expect("answered before the body")
         .unwrap();
     String::from_utf8_lossy(&buf[..n]).to_string()
-}
-
-fn random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1241,8 +1100,8 @@ async fn deletes_free_references_and_gc_runs_in_the_background() {
     );
 }
 
-/// `?q=` filters by name (case-insensitive) across pages, in creation order; `sort` other
-/// than `created` is refused.
+/// `?q=` filters by name (case-insensitive) across pages, in creation order; an unknown
+/// `sort` is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_by_name_across_pages() {
     let s = start(false).await;
@@ -1296,7 +1155,7 @@ async fn listing_filters_by_name_across_pages() {
     }
     assert_eq!(got, want, "every match, once, in creation order");
     let r = c
-        .get(format!("{url}/api/files?sort=size"))
+        .get(format!("{url}/api/files?sort=owner"))
         .bearer_auth(&alice)
         .send()
         .await
@@ -1324,6 +1183,140 @@ async fn listing_filters_by_name_across_pages() {
         ),
         (0, Value::Null)
     );
+}
+
+/// Every page of a listing, following cursors: the ids and names in order.
+async fn list_all(c: &reqwest::Client, url: &str, token: &str, query: &str) -> Vec<Value> {
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let u = match &cursor {
+            Some(cur) => format!("{url}/api/files?{query}&cursor={cur}"),
+            None => format!("{url}/api/files?{query}"),
+        };
+        let r = c.get(u).bearer_auth(token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{query}");
+        let page: Value = r.json().await.unwrap();
+        got.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(n) => cursor = Some(n.to_string()),
+            None => return got,
+        }
+    }
+    panic!("listing {query} never ended");
+}
+
+/// `sort=name|size|created`, `-` for descending, across pages of owned and shared files,
+/// with `q`; ties broken by id; a cursor from another order is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_sorts_by_name_size_and_age() {
+    let s = start(false).await;
+    let c = client();
+    let url = &s.url;
+    let (alice, alice_name) = user(&c, url).await;
+    let (bob, _) = user(&c, url).await;
+    // (name, size); repeated sizes and names that differ only in case test the tie-breaks.
+    let mut files: Vec<(String, u64, String)> = Vec::new();
+    for i in 0..17u64 {
+        let name = match i % 4 {
+            0 => format!("b-{i}.txt"),
+            1 => format!("A-{i}.txt"),
+            2 => "same.txt".to_string(),
+            _ => format!("c-{}.txt", 20 - i),
+        };
+        let size = (i * 7919) % 5 * 100;
+        let (status, f) = upload(&c, url, &alice, &name, vec![i as u8; size as usize]).await;
+        assert_eq!(status, 201);
+        files.push((name, size, f["id"].as_str().unwrap().to_string()));
+    }
+    // One file of bob's shared with alice is listed among hers.
+    let (_, shared) = upload(&c, url, &bob, "B-shared.txt", vec![1; 250]).await;
+    let shared_id = shared["id"].as_str().unwrap().to_string();
+    let r = c
+        .post(format!("{url}/api/files/share"))
+        .bearer_auth(&bob)
+        .json(&json!({"file_id": shared_id, "with": alice_name, "rights": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    files.push(("B-shared.txt".into(), 250, shared_id));
+    let ids = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut by_name = files.clone();
+    by_name.sort_by(|a, b| (a.0.to_lowercase(), &a.0, &a.2).cmp(&(b.0.to_lowercase(), &b.0, &b.2)));
+    let want: Vec<String> = by_name.iter().map(|f| f.2.clone()).collect();
+    assert_eq!(
+        ids(&list_all(&c, url, &alice, "sort=name&limit=4").await),
+        want
+    );
+    let mut rev = want.clone();
+    rev.reverse();
+    assert_eq!(
+        ids(&list_all(&c, url, &alice, "sort=-name&limit=5").await),
+        rev
+    );
+    let mut by_size = files.clone();
+    by_size.sort_by(|a, b| (a.1, &a.2).cmp(&(b.1, &b.2)));
+    let want: Vec<String> = by_size.iter().map(|f| f.2.clone()).collect();
+    assert_eq!(
+        ids(&list_all(&c, url, &alice, "sort=size&limit=3").await),
+        want
+    );
+    let mut rev = want.clone();
+    rev.reverse();
+    assert_eq!(
+        ids(&list_all(&c, url, &alice, "sort=-size&limit=1000").await),
+        rev
+    );
+    let oldest_first = ids(&list_all(&c, url, &alice, "limit=6").await);
+    let mut newest_first = oldest_first.clone();
+    newest_first.reverse();
+    assert_eq!(
+        ids(&list_all(&c, url, &alice, "sort=-created&limit=6").await),
+        newest_first
+    );
+    // Filter and order together; the shared file says so.
+    let got = list_all(&c, url, &alice, "sort=-size&q=b-&limit=2").await;
+    let mut want: Vec<&(String, u64, String)> = files
+        .iter()
+        .filter(|f| f.0.to_lowercase().contains("b-"))
+        .collect();
+    want.sort_by(|a, b| (b.1, &b.2).cmp(&(a.1, &a.2)));
+    assert_eq!(
+        ids(&got),
+        want.iter().map(|f| f.2.clone()).collect::<Vec<_>>()
+    );
+    let shared_item = got
+        .iter()
+        .find(|i| i["name"] == "B-shared.txt")
+        .expect("shared file listed");
+    assert_eq!(shared_item["rights"], json!(["read"]));
+    // A cursor belongs to its order.
+    let page: Value = c
+        .get(format!("{url}/api/files?sort=name&limit=2"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = page["next_cursor"].as_str().unwrap();
+    for other in ["sort=size", "sort=-name", ""] {
+        let r = c
+            .get(format!("{url}/api/files?{other}&cursor={cursor}"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{other}");
+    }
+    // Bob sees only his own file, in any order.
+    assert_eq!(list_all(&c, url, &bob, "sort=name").await.len(), 1);
 }
 
 /// A client that stops reading a download is cut off after the idle timeout (1 s here): it
@@ -1375,7 +1368,16 @@ async fn two_users_same_bytes_stored_once() {
     let (_, a) = upload(&c, url, &alice, "same.bin", data.clone()).await;
     let (_, b) = upload(&c, url, &bob, "same.bin", data.clone()).await;
     assert_ne!(a["id"], b["id"]);
-    assert_eq!(a["new_bytes"], b["new_bytes"], "both see the same answer");
+    // Reliability test 40: bob's answer is alice's (new bytes included) but for what is his.
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        for k in ["id", "owner_id", "created_at", "updated_at"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+        v
+    };
+    assert_eq!(strip(&a), strip(&b), "both see the same answer");
+    assert_eq!(b["new_bytes"], 50 << 20);
     let st = s.picker.engine.store().clone();
     let stats = tokio::task::spawn_blocking(move || st.stats().unwrap())
         .await

@@ -60,7 +60,25 @@ pub fn app(service: Service, routes: Router) -> Router {
     routes
         .merge(ops)
         .fallback(|| async { ApiError::not_found() })
+        .layer(middleware::from_fn(close_after_refused_body))
         .layer(middleware::from_fn_with_state(name, observe))
+}
+
+/// A request refused with its body unread (401 before an upload, 413, 409, ...): the server
+/// closes the connection after answering, so say so (`Connection: close`). Without it a
+/// client may reuse the connection for its next request and fail with a broken pipe.
+async fn close_after_refused_body(request: Request, next: Next) -> Response {
+    let h = request.headers();
+    let has_body = h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
+    let mut r = next.run(request).await;
+    if has_body && (r.status().is_client_error() || r.status().is_server_error()) {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 async fn readyz(State(checks): State<Arc<Vec<(&'static str, Check)>>>) -> Response {
