@@ -117,7 +117,12 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
         let picker = fms_picker::start_with_gc(&cfg, db.clone(), authz, stop.clone()).await?;
-        grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
+        grpc_services = grpc_services
+            .with(fms_picker::grpc::Internal::server(picker.clone()))
+            .with(fms_picker::files::Files::server(
+                picker.clone(),
+                authenticator.clone(),
+            ));
         api = api.merge(fms_picker::api::routes(picker, authenticator));
     }
     if role.runs_permission() {
@@ -134,7 +139,12 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
                 stop.clone(),
             )
             .await?;
-            grpc_services = grpc_services.with(fms_picker::grpc::Internal::server(picker.clone()));
+            grpc_services = grpc_services
+                .with(fms_picker::grpc::Internal::server(picker.clone()))
+                .with(fms_picker::files::Files::server(
+                    picker.clone(),
+                    authenticator.clone(),
+                ));
             api = api.merge(fms_picker::api::routes(picker, authenticator));
         }
     }

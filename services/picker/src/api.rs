@@ -307,7 +307,7 @@ where
         }
     }
     let idle = p.cfg.idle_timeout.0;
-    let started = std::time::Instant::now();
+    let timing = p.write_cost.begin();
     let mut ingest = p.engine.ingest();
     let mut size = 0u64;
     let mut head = Vec::new();
@@ -369,13 +369,13 @@ where
             "the content's BLAKE3 is {hash}, not the expected {want}"
         )));
     }
-    commit_stored(p, user, name, info, hash, &head, Some(started), budget).await
+    commit_stored(p, user, name, info, hash, &head, Some(&timing), budget).await
 }
 
 /// Make a file the engine holds `user`'s: quota checked under the user's commit lock, the
-/// metadata row, the owner grant (each undone if a later step fails), the event. `started`
-/// (when the upload began, if it was one request) holds a deduplicated upload to the time
-/// new content would have taken.
+/// metadata row, the owner grant (each undone if a later step fails), the event. `timing`
+/// (the upload's clock, if it was one request) holds a deduplicated upload to the time new
+/// content would have taken.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn commit_stored(
     p: &Picker,
@@ -384,7 +384,7 @@ pub(crate) async fn commit_stored(
     info: fms_engine::FileInfo,
     hash: String,
     head: &[u8],
-    started: Option<std::time::Instant>,
+    timing: Option<&crate::engine::Timing<'_>>,
     budget: &mut Budget,
 ) -> Result<Stored, ApiError> {
     // Counted against this user's own files only: whether anyone else stores the same
@@ -395,10 +395,9 @@ pub(crate) async fn commit_stored(
         .await
         .map_err(db_error)?;
     let new_bytes = if own { 0 } else { info.meta.size };
-    if let Some(started) = started {
-        let elapsed = started.elapsed();
-        p.write_cost
-            .observe(info.meta.size, info.new_bytes, elapsed);
+    if let Some(timing) = timing {
+        let elapsed = timing.elapsed();
+        p.write_cost.observe(info.meta.size, info.new_bytes, timing);
         if !own && info.new_bytes < info.meta.size {
             tokio::time::sleep(p.write_cost.pad(info.meta.size, elapsed)).await;
         }
@@ -1065,10 +1064,16 @@ pub(crate) async fn delete_file(
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let row = authorized(&p, &claims.sub, &id, Right::Delete).await?;
-    // Access goes first (nobody reads a half-deleted file), then the row, then the bytes.
-    p.authz.delete_object(&id).await?;
-    p.meta.delete(&id).await.map_err(db_error)?;
+    remove_file(&p, &claims.sub, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Delete file `id` as `user` (needs the delete right): access first (nobody reads a
+/// half-deleted file), then the row, then the engine's references; `file.deleted`.
+pub(crate) async fn remove_file(p: &Picker, user: &str, id: &str) -> Result<(), ApiError> {
+    let row = authorized(p, user, id, Right::Delete).await?;
+    p.authz.delete_object(id).await?;
+    p.meta.delete(id).await.map_err(db_error)?;
     if let Ok(engine_id) = row.engine_file() {
         match p.engine.delete(engine_id).await {
             Ok(()) => {}
@@ -1081,11 +1086,11 @@ pub(crate) async fn delete_file(
     p.events.publish(
         "file.deleted",
         vec![row.owner_id.clone()],
-        &id,
+        id,
         json!({"file_id": id, "name": row.name}),
     );
     metrics::counter!("picker_deletes_total").increment(1);
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

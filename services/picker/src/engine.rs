@@ -50,10 +50,49 @@ impl Gather {
 /// moving average. Deduplicated uploads skip the pack writes and their fdatasync, which
 /// would tell a user that someone else already stores their file (reliability test 40); such
 /// an upload is padded to the time new content of its size would have taken.
+///
+/// Only uploads that ran alone teach it: under concurrency every upload is slower, and a
+/// deduplicated one then is too, so the padding needed is no more than what one upload alone
+/// shows (samples from concurrent uploads would pad by the load of the past).
 #[derive(Debug, Default)]
 pub struct WriteCost {
     /// Nanoseconds per byte; 0 until a first sample.
     ns_per_byte: std::sync::Mutex<f64>,
+    /// Uploads in flight.
+    active: std::sync::atomic::AtomicUsize,
+    /// Uploads started, ever.
+    starts: std::sync::atomic::AtomicU64,
+}
+
+/// One upload's clock (see [`WriteCost::begin`]); counts it as in flight until dropped.
+#[derive(Debug)]
+pub struct Timing<'a> {
+    cost: &'a WriteCost,
+    started: std::time::Instant,
+    alone: bool,
+    seq: u64,
+}
+
+impl Timing<'_> {
+    pub fn elapsed(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// No other upload ran at any time during this one.
+    fn ran_alone(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.alone
+            && self.cost.starts.load(Ordering::Relaxed) == self.seq
+            && self.cost.active.load(Ordering::Relaxed) == 1
+    }
+}
+
+impl Drop for Timing<'_> {
+    fn drop(&mut self) {
+        self.cost
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl WriteCost {
@@ -62,12 +101,28 @@ impl WriteCost {
     /// Longest padding.
     const MAX_PAD: std::time::Duration = std::time::Duration::from_secs(30);
 
-    /// Learn from an upload that was (almost) all new bytes.
-    pub fn observe(&self, size: u64, new_bytes: u64, elapsed: std::time::Duration) {
-        if size < Self::MIN_SAMPLE || new_bytes.saturating_mul(10) < size.saturating_mul(9) {
+    /// An upload starts.
+    pub fn begin(&self) -> Timing<'_> {
+        use std::sync::atomic::Ordering;
+        let alone = self.active.fetch_add(1, Ordering::Relaxed) == 0;
+        let seq = self.starts.fetch_add(1, Ordering::Relaxed) + 1;
+        Timing {
+            cost: self,
+            started: std::time::Instant::now(),
+            alone,
+            seq,
+        }
+    }
+
+    /// Learn from an upload that was (almost) all new bytes and ran alone.
+    pub fn observe(&self, size: u64, new_bytes: u64, timing: &Timing<'_>) {
+        if size < Self::MIN_SAMPLE
+            || new_bytes.saturating_mul(10) < size.saturating_mul(9)
+            || !timing.ran_alone()
+        {
             return;
         }
-        let sample = elapsed.as_nanos() as f64 / size as f64;
+        let sample = timing.elapsed().as_nanos() as f64 / size as f64;
         if let Ok(mut v) = self.ns_per_byte.lock() {
             *v = if *v == 0.0 {
                 sample
@@ -464,7 +519,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn write_cost_learns_from_new_content_only() {
+    fn write_cost_learns_from_lone_uploads_of_new_content_only() {
         use std::time::Duration;
         let c = WriteCost::default();
         assert_eq!(
@@ -472,16 +527,30 @@ mod tests {
             Duration::ZERO,
             "nothing learned yet"
         );
-        c.observe(10 << 20, 1 << 20, Duration::from_secs(9)); // mostly deduplicated: ignored
-        c.observe(100, 100, Duration::from_secs(9)); // too small: ignored
+        let t = c.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        c.observe(10 << 20, 1 << 20, &t); // mostly deduplicated: ignored
+        c.observe(100, 100, &t); // too small: ignored
+        {
+            let other = c.begin(); // not alone: ignored
+            c.observe(10 << 20, 10 << 20, &t);
+            drop(other);
+        }
+        c.observe(10 << 20, 10 << 20, &t); // another upload started meanwhile: ignored
         assert_eq!(c.pad(10 << 20, Duration::ZERO), Duration::ZERO);
-        c.observe(10 << 20, 10 << 20, Duration::from_millis(100));
-        let pad = c.pad(20 << 20, Duration::from_millis(50));
+        drop(t);
+        let t = c.begin();
+        std::thread::sleep(Duration::from_millis(50));
+        c.observe(10 << 20, 10 << 20, &t);
+        let learned = t.elapsed();
+        drop(t);
+        let pad = c.pad(20 << 20, Duration::from_millis(10));
         assert!(
-            pad > Duration::from_millis(140) && pad < Duration::from_millis(160),
-            "{pad:?}"
+            pad >= learned * 2 - Duration::from_millis(12),
+            "{pad:?} vs {learned:?}"
         );
-        assert_eq!(c.pad(1 << 20, Duration::from_secs(1)), Duration::ZERO);
+        assert!(pad <= learned * 2, "{pad:?} vs {learned:?}");
+        assert_eq!(c.pad(1 << 20, Duration::from_secs(5)), Duration::ZERO);
         assert_eq!(c.pad(u64::MAX / 2, Duration::ZERO), WriteCost::MAX_PAD);
     }
 

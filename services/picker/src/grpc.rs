@@ -27,7 +27,7 @@ fn invalid(message: impl Into<String>) -> Status {
     status(ApiError::bad_request(message))
 }
 
-fn info(row: &FileRow, new_bytes: u64) -> pb::FileInfo {
+pub(crate) fn info(row: &FileRow, new_bytes: u64) -> pb::FileInfo {
     pb::FileInfo {
         id: row.id.clone(),
         owner_id: row.owner_id.clone(),

@@ -7,6 +7,7 @@ pub mod authz;
 pub mod engine;
 pub mod events;
 pub mod failpoint;
+pub mod files;
 pub mod grpc;
 pub mod meta;
 pub mod openapi;

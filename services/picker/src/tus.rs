@@ -16,7 +16,7 @@
 //! gets 423).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -241,7 +241,7 @@ async fn options(State(p): Svc) -> Response {
     r
 }
 
-fn session_of(row: &UploadRow) -> Result<SessionId, ApiError> {
+pub(crate) fn session_of(row: &UploadRow) -> Result<SessionId, ApiError> {
     row.session_id
         .parse()
         .map_err(|e| ApiError::internal(format!("upload {} has a bad session id: {e}", row.id)))
@@ -249,7 +249,7 @@ fn session_of(row: &UploadRow) -> Result<SessionId, ApiError> {
 
 /// The upload `id` if `user` created it: 404 otherwise (whether it exists is not told),
 /// 410 if it expired unfinished.
-async fn owned_upload(p: &Picker, user: &str, id: &str) -> Result<UploadRow, ApiError> {
+pub(crate) async fn owned_upload(p: &Picker, user: &str, id: &str) -> Result<UploadRow, ApiError> {
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::not_found());
     }
@@ -267,7 +267,7 @@ async fn owned_upload(p: &Picker, user: &str, id: &str) -> Result<UploadRow, Api
 }
 
 /// Complete: a file (or, for a partial upload, an engine file waiting to be joined).
-fn is_complete(row: &UploadRow) -> bool {
+pub(crate) fn is_complete(row: &UploadRow) -> bool {
     row.file_id.is_some() || row.part_engine_id.is_some()
 }
 
@@ -281,7 +281,7 @@ fn is_final(row: &UploadRow) -> bool {
         .is_some_and(|c| c.starts_with("final;"))
 }
 
-fn engine_error(e: EngineError) -> ApiError {
+pub(crate) fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::Engine(fms_engine::Error::OffsetMismatch { given, current, .. }) => tus_error(
             409,
@@ -363,29 +363,7 @@ async fn create(
             format!("upload bytes must be sent as {OCTETS}"),
         ));
     }
-    let session = p
-        .engine
-        .create_session(p.cfg.upload_expiry.0)
-        .await
-        .map_err(ApiError::internal)?;
-    let row = UploadRow {
-        id: uuid::Uuid::now_v7().simple().to_string(),
-        owner_id: user.clone(),
-        session_id: session.id.to_string(),
-        length,
-        metadata,
-        name,
-        created_at: now_ms(),
-        expires_at: session.expires_ms as i64,
-        file_id: None,
-        concat,
-        part_engine_id: None,
-    };
-    if let Err(e) = p.meta.insert_upload(&row).await {
-        let _ = p.engine.abort_session(session.id).await;
-        return Err(db_error(e));
-    }
-    metrics::counter!("picker_tus_uploads_created_total").increment(1);
+    let row = new_upload(&p, &user, name, length, metadata, concat).await?;
     let mut r = StatusCode::CREATED.into_response();
     let location = format!("/api/uploads/{}", row.id);
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -411,6 +389,41 @@ async fn create(
         }
     }
     Ok(r)
+}
+
+/// A new resumable upload of `user`'s: an engine session and its row.
+pub(crate) async fn new_upload(
+    p: &Picker,
+    user: &str,
+    name: String,
+    length: Option<u64>,
+    metadata: String,
+    concat: Option<String>,
+) -> Result<UploadRow, ApiError> {
+    let session = p
+        .engine
+        .create_session(p.cfg.upload_expiry.0)
+        .await
+        .map_err(ApiError::internal)?;
+    let row = UploadRow {
+        id: uuid::Uuid::now_v7().simple().to_string(),
+        owner_id: user.to_string(),
+        session_id: session.id.to_string(),
+        length,
+        metadata,
+        name,
+        created_at: now_ms(),
+        expires_at: session.expires_ms as i64,
+        file_id: None,
+        concat,
+        part_engine_id: None,
+    };
+    if let Err(e) = p.meta.insert_upload(&row).await {
+        let _ = p.engine.abort_session(session.id).await;
+        return Err(db_error(e));
+    }
+    metrics::counter!("picker_uploads_created_total").increment(1);
+    Ok(row)
 }
 
 /// The id of an upload named by URL (absolute or a path) in `Upload-Concat`.
@@ -531,7 +544,7 @@ fn is_octets(h: &HeaderMap) -> bool {
 }
 
 /// The offset an upload has acknowledged (its length once complete).
-async fn acknowledged(p: &Picker, row: &UploadRow) -> Result<u64, ApiError> {
+pub(crate) async fn acknowledged(p: &Picker, row: &UploadRow) -> Result<u64, ApiError> {
     if is_complete(row) {
         return Ok(row.length.unwrap_or(0));
     }
@@ -700,7 +713,7 @@ async fn write(
     match stream_into(p, row, offset, checksum, body, budget, &mut app).await {
         Ok(Ending::Acknowledge) => app.close().await.map_err(ApiError::internal),
         Ok(Ending::Complete(at)) => {
-            complete(p, row, app, budget).await?;
+            complete(p, row, app, budget, None).await?;
             Ok(at)
         }
         Ok(Ending::KeepAndFail(e)) => {
@@ -829,23 +842,34 @@ async fn flush(app: &mut Append, pieces: &mut Gather) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The last byte is in: the session becomes the user's file.
-async fn complete(
+/// The last byte is in: the session becomes the user's file (`None` for a partial upload,
+/// which waits as an engine file for the final upload that joins it). With
+/// `expected_blake3`, content that does not match is not kept.
+pub(crate) async fn complete(
     p: &Picker,
     row: &UploadRow,
     app: Append,
     budget: &mut Budget,
-) -> Result<(), ApiError> {
+    expected_blake3: Option<&str>,
+) -> Result<Option<crate::api::Stored>, ApiError> {
     let info = app.finish().await.map_err(ApiError::internal)?;
     if is_partial(row) {
-        // Waits, as an engine file, for the final upload that joins it.
         p.meta
             .complete_part(&row.id, &info.id.to_string(), now_ms())
             .await
             .map_err(db_error)?;
-        return Ok(());
+        return Ok(None);
     }
     let hash = hex::encode(info.meta.hash);
+    if let Some(want) = expected_blake3
+        && !want.eq_ignore_ascii_case(&hash)
+    {
+        let _ = p.engine.delete(info.id).await;
+        let _ = p.meta.delete_upload(&row.id).await;
+        return Err(ApiError::bad_request(format!(
+            "the content's BLAKE3 is {hash}, not the expected {want}; the upload was discarded"
+        )));
+    }
     let head = head_of(p, &info).await;
     let stored = commit_stored(
         p,
@@ -854,7 +878,7 @@ async fn complete(
         info,
         hash,
         &head,
-        None::<Instant>,
+        None,
         budget,
     )
     .await?;
@@ -862,8 +886,8 @@ async fn complete(
         .complete_upload(&row.id, &stored.row.id, now_ms())
         .await
         .map_err(db_error)?;
-    metrics::counter!("picker_tus_uploads_completed_total").increment(1);
-    Ok(())
+    metrics::counter!("picker_uploads_completed_total").increment(1);
+    Ok(Some(stored))
 }
 
 /// The first bytes of a stored file (to tell its type).

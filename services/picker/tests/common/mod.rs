@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 pub struct Server {
     pub url: String,
+    pub authenticator: std::sync::Arc<fms_auth::verify::Authenticator>,
     pub picker: std::sync::Arc<fms_picker::Picker>,
     pub stop: CancellationToken,
     pub _dir: tempfile::TempDir,
@@ -87,8 +88,10 @@ pub async fn start_cfg(cfg: Config, dir: tempfile::TempDir) -> Server {
     )
     .await
     .unwrap();
-    let routes =
-        fms_auth::api::routes(auth).merge(fms_picker::api::routes(picker.clone(), authenticator));
+    let routes = fms_auth::api::routes(auth).merge(fms_picker::api::routes(
+        picker.clone(),
+        authenticator.clone(),
+    ));
     let app = http::app(
         Service {
             name: "fms-test",
@@ -106,6 +109,7 @@ pub async fn start_cfg(cfg: Config, dir: tempfile::TempDir) -> Server {
     ));
     Server {
         url: format!("http://{addr}"),
+        authenticator,
         picker,
         stop,
         _dir: dir,

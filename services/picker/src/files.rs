@@ -1,0 +1,436 @@
+//! `fms.picker.v1.FilesService`: the public gRPC API for bulk clients. Same token, same
+//! authorization, same limits as REST; uploads are the resumable uploads of the tus endpoint
+//! (one table, one engine session each), driven by a bidirectional stream that reports
+//! durable offsets as it goes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use fms_auth::verify::Authenticator;
+use fms_permission::model::Right;
+use fms_platform::ApiError;
+use fms_proto::picker::v1 as pb;
+use futures_util::{Stream, StreamExt};
+use pb::files_service_server::{FilesService, FilesServiceServer};
+use pb::upload_request::Msg as In;
+use pb::upload_response::Msg as Out;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Picker;
+use crate::api::{Budget, authorized, check_name, over_quota, remove_file, too_large};
+use crate::engine::{Append, EngineError, Gather};
+use crate::grpc::{DOMAIN, info};
+use crate::meta::UploadRow;
+use crate::tus;
+
+fn status(e: ApiError) -> Status {
+    e.to_grpc(DOMAIN)
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    status(ApiError::bad_request(message))
+}
+
+/// The public service over a shared [`Picker`].
+#[derive(Clone)]
+pub struct Files {
+    picker: Arc<Picker>,
+    auth: Arc<Authenticator>,
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Files").finish_non_exhaustive()
+    }
+}
+
+impl Files {
+    pub fn server(picker: Arc<Picker>, auth: Arc<Authenticator>) -> FilesServiceServer<Files> {
+        FilesServiceServer::new(Files { picker, auth })
+    }
+
+    /// The caller, from `authorization: Bearer <token>`.
+    async fn user<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("a bearer token is required"))?;
+        let claims = self
+            .auth
+            .authenticate_token(token)
+            .await
+            .map_err(|e| status(e.into()))?;
+        Ok(claims.sub)
+    }
+}
+
+type Outbound<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Messages to the client; `false` once it is gone.
+async fn send(tx: &mpsc::Sender<Result<pb::UploadResponse, Status>>, msg: Out) -> bool {
+    tx.send(Ok(pb::UploadResponse { msg: Some(msg) }))
+        .await
+        .is_ok()
+}
+
+/// The file of an Upload stream that is open.
+struct Open {
+    row: UploadRow,
+    app: Append,
+    at: u64,
+    since_checkpoint: u64,
+    pieces: Gather,
+    budget: Budget,
+}
+
+impl Open {
+    /// Checkpoint; the acknowledged offset.
+    async fn checkpoint(&mut self) -> Result<u64, Status> {
+        if let Some(piece) = self.pieces.finish() {
+            self.app
+                .write(piece)
+                .await
+                .map_err(|e| status(ApiError::internal(e)))?;
+        }
+        self.app
+            .checkpoint()
+            .await
+            .map_err(|e| status(ApiError::internal(e)))
+    }
+}
+
+/// Open (or resume) one file of an Upload stream.
+async fn start(p: &Picker, user: &str, s: pb::UploadStart) -> Result<Open, Status> {
+    let budget = Budget::of(p, user).await.map_err(status)?;
+    let row = if s.upload_id.is_empty() {
+        if s.offset != 0 {
+            return Err(invalid("a new upload starts at offset 0"));
+        }
+        let name = check_name(&s.name).map_err(status)?.to_string();
+        if let Some(n) = s.size {
+            if n > budget.max_file {
+                return Err(status(too_large(budget.max_file)));
+            }
+            if n > budget.room() {
+                return Err(status(over_quota(budget.quota, budget.used)));
+            }
+        }
+        tus::new_upload(p, user, name, s.size, String::new(), None)
+            .await
+            .map_err(status)?
+    } else {
+        let row = tus::owned_upload(p, user, &s.upload_id)
+            .await
+            .map_err(status)?;
+        if tus::is_complete(&row) {
+            return Err(Status::failed_precondition(
+                "this upload is complete; nothing to resume",
+            ));
+        }
+        row
+    };
+    let app = p
+        .engine
+        .append(tus::session_of(&row).map_err(status)?, s.offset)
+        .await
+        .map_err(|e| match e {
+            EngineError::Engine(fms_engine::Error::OffsetMismatch { current, .. }) => {
+                Status::aborted(format!(
+                    "the upload is at offset {current}; resume from there"
+                ))
+            }
+            EngineError::Engine(fms_engine::Error::SessionBusy(_)) => {
+                Status::aborted("another stream is writing to this upload")
+            }
+            e => status(tus::engine_error(e)),
+        })?;
+    Ok(Open {
+        row,
+        app,
+        at: s.offset,
+        since_checkpoint: 0,
+        pieces: Gather::new(crate::api::INGEST_PIECE),
+        budget,
+    })
+}
+
+/// The next bytes of the open file, within its limits.
+async fn data(open: &mut Open, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
+    let next = open.at + bytes.len() as u64;
+    if let Some(len) = open.row.length
+        && next > len
+    {
+        return Err(Status::out_of_range(format!(
+            "more bytes than the declared size ({len})"
+        )));
+    }
+    if next > open.budget.max_file {
+        return Err(status(too_large(open.budget.max_file)));
+    }
+    if next > open.budget.room() {
+        return Err(status(over_quota(open.budget.quota, open.budget.used)));
+    }
+    open.at = next;
+    open.since_checkpoint += bytes.len() as u64;
+    if let Some(piece) = open.pieces.push(bytes) {
+        open.app
+            .write(piece)
+            .await
+            .map_err(|e| status(ApiError::internal(e)))?;
+    }
+    if open.since_checkpoint >= tus::CHECKPOINT_EVERY {
+        open.since_checkpoint = 0;
+        return open.checkpoint().await.map(Some);
+    }
+    Ok(None)
+}
+
+/// The end of the open file: commit it.
+async fn end(p: &Picker, mut open: Open, e: pb::UploadEnd) -> Result<pb::FileInfo, Status> {
+    let expected = (!e.blake3.is_empty()).then_some(e.blake3.as_str());
+    if let Some(want) = expected
+        && (want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(invalid("blake3 must be 64 hex digits"));
+    }
+    match open.row.length {
+        Some(len) if len != open.at => {
+            return Err(invalid(format!(
+                "the file ended at {} bytes, its declared size is {len}",
+                open.at
+            )));
+        }
+        Some(_) => {}
+        None => {
+            p.meta
+                .set_upload_length(&open.row.id, open.at)
+                .await
+                .map_err(|e| status(crate::api::db_error(e)))?;
+            open.row.length = Some(open.at);
+        }
+    }
+    if let Some(piece) = open.pieces.finish() {
+        open.app
+            .write(piece)
+            .await
+            .map_err(|e| status(ApiError::internal(e)))?;
+    }
+    let stored = tus::complete(p, &open.row, open.app, &mut open.budget, expected)
+        .await
+        .map_err(status)?
+        .ok_or_else(|| status(ApiError::internal("a bulk upload became a partial upload")))?;
+    Ok(info(&stored.row, stored.new_bytes))
+}
+
+/// One Upload stream: files one after another; progress as bytes become durable.
+async fn upload_loop(
+    p: Arc<Picker>,
+    user: String,
+    mut inbound: Streaming<pb::UploadRequest>,
+    tx: mpsc::Sender<Result<pb::UploadResponse, Status>>,
+) {
+    let idle = p.cfg.idle_timeout.0;
+    let mut open: Option<Open> = None;
+    let failure: Option<Status> = loop {
+        let msg = match tokio::time::timeout(idle, inbound.message()).await {
+            Err(_) => {
+                break Some(Status::deadline_exceeded(format!(
+                    "no message for {}s",
+                    idle.as_secs()
+                )));
+            }
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => {
+                break open
+                    .is_some()
+                    .then(|| invalid("the stream ended inside a file (resume it later)"));
+            }
+            Ok(Err(e)) => break Some(e),
+        };
+        let step: Result<(), Status> = async {
+            match msg.msg {
+                Some(In::Start(s)) => {
+                    if open.is_some() {
+                        return Err(invalid("a file is open: end it before starting another"));
+                    }
+                    let o = start(&p, &user, s).await?;
+                    let progress = pb::UploadProgress {
+                        upload_id: o.row.id.clone(),
+                        offset: o.at,
+                    };
+                    open = Some(o);
+                    send(&tx, Out::Progress(progress)).await;
+                }
+                Some(In::Data(bytes)) => {
+                    let o = open
+                        .as_mut()
+                        .ok_or_else(|| invalid("data before a start message"))?;
+                    if let Some(offset) = data(o, bytes).await? {
+                        let progress = pb::UploadProgress {
+                            upload_id: o.row.id.clone(),
+                            offset,
+                        };
+                        send(&tx, Out::Progress(progress)).await;
+                    }
+                }
+                Some(In::End(e)) => {
+                    let o = open
+                        .take()
+                        .ok_or_else(|| invalid("an end message with no file open"))?;
+                    let file = end(&p, o, e).await?;
+                    send(&tx, Out::File(file)).await;
+                }
+                None => return Err(invalid("an empty message")),
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = step {
+            break Some(e);
+        }
+    };
+    // A file left open keeps what arrived (the client resumes from the offset it learns).
+    if let Some(mut o) = open.take() {
+        match o.checkpoint().await {
+            Ok(kept) => {
+                tracing::info!(upload = %o.row.id, kept, "bulk upload stream ended inside a file");
+                let _ = o.app.close().await;
+            }
+            Err(_) => o.app.abandon().await,
+        }
+    }
+    if let Some(e) = failure {
+        let _ = tx.send(Err(e)).await;
+    }
+}
+
+#[tonic::async_trait]
+impl FilesService for Files {
+    type UploadStream = Outbound<pb::UploadResponse>;
+
+    async fn upload(
+        &self,
+        request: Request<Streaming<pb::UploadRequest>>,
+    ) -> Result<Response<Self::UploadStream>, Status> {
+        let user = self.user(&request).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(upload_loop(
+            self.picker.clone(),
+            user,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type DownloadStream = Outbound<pb::DownloadResponse>;
+
+    async fn download(
+        &self,
+        request: Request<pb::DownloadRequest>,
+    ) -> Result<Response<Self::DownloadStream>, Status> {
+        let user = self.user(&request).await?;
+        let r = request.into_inner();
+        let p = &self.picker;
+        let row = authorized(p, &user, &r.file_id, Right::Read)
+            .await
+            .map_err(status)?;
+        if r.offset > row.size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of the file ({} bytes)",
+                r.offset, row.size
+            )));
+        }
+        let end = match r.length {
+            0 => row.size,
+            n => r.offset.saturating_add(n).min(row.size),
+        };
+        let engine_id = row
+            .engine_file()
+            .map_err(|e| status(ApiError::internal(e)))?;
+        let head = pb::DownloadResponse {
+            msg: Some(pb::download_response::Msg::Info(info(&row, 0))),
+        };
+        let data = p
+            .engine
+            .read(engine_id, r.offset, end, p.cfg.idle_timeout.0)
+            .map(|frame| {
+                frame
+                    .map(|b| pb::DownloadResponse {
+                        msg: Some(pb::download_response::Msg::Data(b)),
+                    })
+                    .map_err(|e| Status::data_loss(e.to_string()))
+            });
+        let out = futures_util::stream::once(async move { Ok(head) }).chain(data);
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn stat(
+        &self,
+        request: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
+        let user = self.user(&request).await?;
+        let row = authorized(&self.picker, &user, &request.get_ref().file_id, Right::Read)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StatResponse {
+            file: Some(info(&row, 0)),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let user = self.user(&request).await?;
+        let r = request.into_inner();
+        let size = match r.page_size {
+            0 => 100,
+            n @ 1..=1000 => n,
+            _ => return Err(invalid("page_size must be between 1 and 1000")),
+        };
+        let p = &self.picker;
+        let page = p
+            .authz
+            .list(&user, &r.page_token, size)
+            .await
+            .map_err(|e| match e {
+                crate::authz::AuthzError::Invalid(_) => invalid("invalid page_token"),
+                e => status(e.into()),
+            })?;
+        let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
+        let mut rows: std::collections::HashMap<String, crate::meta::FileRow> = p
+            .meta
+            .get_many(&ids)
+            .await
+            .map_err(|e| status(crate::api::db_error(e)))?
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let files = ids
+            .iter()
+            .filter_map(|id| rows.remove(id))
+            .map(|row| info(&row, 0))
+            .collect();
+        Ok(Response::new(pb::ListResponse {
+            files,
+            next_page_token: page.next,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let user = self.user(&request).await?;
+        remove_file(&self.picker, &user, &request.get_ref().file_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+}
