@@ -9,7 +9,8 @@ fms_need_packages
 cargo build --quiet -p fms-bench
 # `scripts/bench.sh auth ...` measures token verification and login, `scripts/bench.sh
 # permission ...` the permission service, `scripts/bench.sh picker ...` HTTP uploads and
-# downloads; anything else is the engine benchmark.
+# downloads, `scripts/bench.sh tus [--rustus PATH] ...` resumable uploads (tus, gRPC) against
+# rustus; anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
     shift
@@ -22,6 +23,10 @@ fi
 if [ "${1:-}" = picker ]; then
     shift
     exec "$CARGO_TARGET_DIR/debug/fms-bench-picker" "$@"
+fi
+if [ "${1:-}" = tus ]; then
+    shift
+    exec "$CARGO_TARGET_DIR/debug/fms-bench-tus" "$@"
 fi
 if [ "${1:-}" = auth ]; then
     shift

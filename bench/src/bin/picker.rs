@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use bytes::Bytes;
 use clap::Parser;
-use fms_platform::Config;
-use fms_platform::db::Db;
-use fms_platform::http::{self, Service};
 use futures_util::StreamExt;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+#[path = "../stack.rs"]
+mod stack;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -258,43 +257,21 @@ async fn round(
 const ROUNDS: usize = 3;
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir_in(std::env::var("FMS_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
-    let mut cfg = Config {
-        data_dir: dir.path().to_path_buf(),
-        ..Config::default()
-    };
-    cfg.picker.quota = fms_platform::units::ByteSize(0);
-    cfg.picker.max_file_size = fms_platform::units::ByteSize(64 << 30);
-    let stop = CancellationToken::new();
-    let db = Db::connect(&cfg.database, &cfg.data_dir).await?;
-    let auth = fms_auth::start(
-        &cfg,
-        db.clone(),
-        fms_auth::shared::Shared::local(),
-        stop.clone(),
-    )
-    .await?;
-    let authenticator = auth.authenticator.clone();
-    let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
-    let picker = fms_picker::start(&cfg, db, fms_picker::authz::Authz::Local(perms)).await?;
-    let store = picker.engine.store().clone();
-    let routes = fms_auth::api::routes(auth)
-        .merge(fms_picker::api::routes(picker, authenticator))
-        // The HTTP ceiling: same server stack, body read and dropped.
-        .route(
-            "/discard",
-            post(|body: axum::body::Body| async move {
-                let mut s = body.into_data_stream();
-                let mut n = 0usize;
-                while let Some(Ok(b)) = s.next().await {
-                    n += b.len();
-                }
-                n.to_string()
-            }),
-        );
+    // The HTTP ceiling: same server stack, body read and dropped.
+    let extra = axum::Router::new().route(
+        "/discard",
+        post(|body: axum::body::Body| async move {
+            let mut s = body.into_data_stream();
+            let mut n = 0usize;
+            while let Some(Ok(b)) = s.next().await {
+                n += b.len();
+            }
+            n.to_string()
+        }),
+    );
     // The download ceiling: the same stack serving bytes from memory, in 64 KiB frames.
     let ceiling_data = data(args.size_mib, 4);
-    let routes = routes.route(
+    let extra = extra.route(
         "/ceiling",
         axum::routing::get(move || {
             let d = ceiling_data.clone();
@@ -307,52 +284,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }),
     );
-    let app = http::app(
-        Service {
-            name: "fms-bench",
-            checks: vec![],
-        },
-        routes,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(http::serve(
-        listener,
-        app,
-        stop.clone(),
-        Duration::from_secs(1),
-    ));
-    let url = format!("http://{addr}");
-    let c = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(3600))
-        .build()?;
-    let body = json!({"username": "bench", "password": "correct horse battery staple"});
-    c.post(format!("{url}/auth/register"))
-        .json(&body)
-        .send()
-        .await?;
-    let t: Value = c
-        .post(format!("{url}/auth/login"))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let token = t["access_token"].as_str().ok_or("login")?.to_string();
-    let body = json!({"username": "bench2", "password": "correct horse battery staple"});
-    c.post(format!("{url}/auth/register"))
-        .json(&body)
-        .send()
-        .await?;
-    let t: Value = c
-        .post(format!("{url}/auth/login"))
-        .json(&body)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let other = t["access_token"].as_str().ok_or("login")?.to_string();
+    let sut = stack::start(extra).await?;
+    let store = sut.picker.engine.store().clone();
+    let url = sut.url.clone();
+    let c = stack::client()?;
+    let token = stack::login(&c, &url, "bench").await?;
+    let other = stack::login(&c, &url, "bench2").await?;
 
     let mut rounds = Vec::new();
     for r in 0..ROUNDS {
@@ -378,7 +315,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // a download can do is both costs added (harmonic combination).
     let both_down = 1.0 / (1.0 / engine_read + 1.0 / ceiling_down);
     let both_up = 1.0 / (1.0 / engine_ingest + 1.0 / ceiling_up);
-    stop.cancel();
+    drop(sut);
 
     println!(
         "\nPicker over HTTP/1.1 on loopback, embedded database, one {} MiB stream and {} x {} MiB in parallel (MiB/s, medians of {ROUNDS} interleaved rounds; ratios to the engine and to the HTTP ceiling)\n",
