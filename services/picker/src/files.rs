@@ -130,6 +130,11 @@ async fn start(p: &Picker, user: &str, s: pb::UploadStart) -> Result<Open, Statu
                 "this upload is complete; nothing to resume",
             ));
         }
+        if row.concat.is_some() {
+            return Err(invalid(
+                "a tus concatenation part is resumed through /api/uploads, not here",
+            ));
+        }
         row
     };
     let app = p

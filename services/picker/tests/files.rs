@@ -344,6 +344,32 @@ async fn bulk_api_uploads_resumes_downloads_lists_and_deletes() {
     assert_eq!(e.unwrap().code(), Code::Aborted);
     let (_, e) = upload(&mut g, &other, vec![resume(&id, acked)]).await;
     assert_eq!(e.unwrap().code(), Code::NotFound);
+    let (_, e) = upload(&mut g, &token, vec![resume("not-an-upload", 0)]).await;
+    assert_eq!(e.unwrap().code(), Code::NotFound);
+    // A tus concatenation part is not resumed here.
+    let r = c
+        .post(format!("{}/api/uploads", s.url))
+        .bearer_auth(&token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .header("upload-concat", "partial")
+        .send()
+        .await
+        .unwrap();
+    let part = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, e) = upload(
+        &mut g,
+        &token,
+        vec![resume(&part, 0), data(b"0123456789"), end("")],
+    )
+    .await;
+    assert_eq!(e.unwrap().code(), Code::InvalidArgument);
     let mut msgs = vec![resume(&id, acked)];
     msgs.extend(big[acked as usize..].chunks(1 << 20).map(data));
     msgs.push(end(blake3::hash(&big).to_hex().as_str()));
