@@ -44,6 +44,8 @@ pub struct SessionWriter {
     unacked: u64,
     /// Whether the pipeline's hasher covers the session from byte 0.
     hashing: bool,
+    /// Bytes this writer stored as new chunks, as of its last checkpoint.
+    new_bytes: u64,
 }
 
 impl std::fmt::Debug for SessionWriter {
@@ -173,6 +175,7 @@ impl Store {
             guard,
             unacked: 0,
             hashing,
+            new_bytes: 0,
         })
     }
 
@@ -241,6 +244,12 @@ impl SessionWriter {
         self.header.offset + self.unacked
     }
 
+    /// Bytes this writer stored as new chunks up to its last checkpoint (the rest of what it
+    /// acknowledged was already in the store).
+    pub fn new_bytes(&self) -> u64 {
+        self.new_bytes
+    }
+
     /// The last acknowledged offset.
     pub fn acknowledged(&self) -> u64 {
         self.header.offset
@@ -273,6 +282,7 @@ impl SessionWriter {
             return Ok(self.header.offset);
         }
         let mut flushed = self.pipeline()?.flush()?;
+        self.new_bytes += flushed.new_bytes;
         self.guard.pinned.append(&mut flushed.pinned);
         let tail = self.pipeline()?.chunker.tail().to_vec();
         let inner = self.inner.clone();
@@ -365,7 +375,8 @@ impl SessionWriter {
         Ok(FileInfo {
             id,
             meta,
-            new_bytes: flushed.new_bytes,
+            // Everything this writer stored as new, checkpoints included.
+            new_bytes: self.new_bytes + flushed.new_bytes,
         })
     }
 }

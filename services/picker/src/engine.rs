@@ -215,8 +215,8 @@ impl Ingest {
 enum Step {
     Data(Bytes),
     Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
-    /// Checkpoint, release the session, then answer.
-    Close(oneshot::Sender<Result<u64, EngineError>>),
+    /// Checkpoint, release the session, then answer (offset, bytes stored as new).
+    Close(oneshot::Sender<Result<(u64, u64), EngineError>>),
     /// Discard what is not acknowledged, release the session, then answer.
     Abandon(oneshot::Sender<()>),
     Finish(oneshot::Sender<Result<FileInfo, EngineError>>),
@@ -270,8 +270,9 @@ impl Append {
         }
     }
 
-    /// Checkpoint and release the session; returns the acknowledged offset.
-    pub async fn close(mut self) -> Result<u64, EngineError> {
+    /// Checkpoint and release the session; returns the acknowledged offset and how many of
+    /// the bytes this append acknowledged were new to the store.
+    pub async fn close(mut self) -> Result<(u64, u64), EngineError> {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Step::Close(tx)).await.is_err() {
             return Err(self.failure().await);
@@ -365,7 +366,10 @@ impl Engine {
                         }
                     }
                     Step::Close(reply) => {
-                        let r = w.checkpoint().map_err(EngineError::from);
+                        let r = w
+                            .checkpoint()
+                            .map(|offset| (offset, w.new_bytes()))
+                            .map_err(EngineError::from);
                         drop(w);
                         let _ = reply.send(r);
                         return Ok(());

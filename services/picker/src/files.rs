@@ -223,7 +223,7 @@ async fn end(p: &Picker, mut open: Open, e: pb::UploadEnd) -> Result<pb::FileInf
             .await
             .map_err(|e| status(ApiError::internal(e)))?;
     }
-    let stored = tus::complete(p, &open.row, open.app, &mut open.budget, expected)
+    let stored = tus::complete(p, &open.row, open.app, &mut open.budget, expected, None)
         .await
         .map_err(status)?
         .ok_or_else(|| status(ApiError::internal("a bulk upload became a partial upload")))?;

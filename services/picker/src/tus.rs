@@ -710,24 +710,35 @@ async fn write(
         .append(session, offset)
         .await
         .map_err(engine_error)?;
-    match stream_into(p, row, offset, checksum, body, budget, &mut app).await {
-        Ok(Ending::Acknowledge) => app.close().await.map_err(ApiError::internal),
+    let timing = p.write_cost.begin();
+    let (at, new_bytes) = match stream_into(p, row, offset, checksum, body, budget, &mut app).await
+    {
+        Ok(Ending::Acknowledge) => app.close().await.map_err(ApiError::internal)?,
         Ok(Ending::Complete(at)) => {
-            complete(p, row, app, budget, None).await?;
-            Ok(at)
+            let mut new_bytes = 0;
+            complete(p, row, app, budget, None, Some(&mut new_bytes)).await?;
+            (at, new_bytes)
         }
         Ok(Ending::KeepAndFail(e)) => {
             // Keep what arrived: the client resumes from there.
-            let kept = app.close().await.map_err(ApiError::internal)?;
+            let (kept, _) = app.close().await.map_err(ApiError::internal)?;
             tracing::info!(upload = %row.id, kept, "PATCH cut short; received bytes kept");
-            Err(e)
+            return Err(e);
         }
         Err(e) => {
             // Nothing of this PATCH past the last checkpoint is kept.
             app.abandon().await;
-            Err(e)
+            return Err(e);
         }
+    };
+    // A PATCH whose bytes were (partly) in the store already must not answer sooner than
+    // one of new bytes (reliability test 40): padded like a single-request upload.
+    let bytes = at - offset;
+    p.write_cost.observe(bytes, new_bytes, &timing);
+    if new_bytes < bytes {
+        tokio::time::sleep(p.write_cost.pad(bytes, timing.elapsed())).await;
     }
+    Ok(at)
 }
 
 /// How a PATCH body ended.
@@ -851,8 +862,12 @@ pub(crate) async fn complete(
     app: Append,
     budget: &mut Budget,
     expected_blake3: Option<&str>,
+    new_bytes: Option<&mut u64>,
 ) -> Result<Option<crate::api::Stored>, ApiError> {
     let info = app.finish().await.map_err(ApiError::internal)?;
+    if let Some(n) = new_bytes {
+        *n = info.new_bytes;
+    }
     if is_partial(row) {
         p.meta
             .complete_part(&row.id, &info.id.to_string(), now_ms())
