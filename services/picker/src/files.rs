@@ -77,16 +77,19 @@ async fn send(tx: &mpsc::Sender<Result<pb::UploadResponse, Status>>, msg: Out) -
 }
 
 /// The file of an Upload stream that is open.
-struct Open {
+struct Open<'a> {
     row: UploadRow,
     app: Append,
+    /// Where this stream started writing it.
+    from: u64,
     at: u64,
     since_checkpoint: u64,
     pieces: Gather,
     budget: Budget,
+    timing: crate::engine::Timing<'a>,
 }
 
-impl Open {
+impl Open<'_> {
     /// Checkpoint; the acknowledged offset.
     async fn checkpoint(&mut self) -> Result<u64, Status> {
         if let Some(piece) = self.pieces.finish() {
@@ -103,7 +106,7 @@ impl Open {
 }
 
 /// Open (or resume) one file of an Upload stream.
-async fn start(p: &Picker, user: &str, s: pb::UploadStart) -> Result<Open, Status> {
+async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Open<'a>, Status> {
     let budget = Budget::of(p, user).await.map_err(status)?;
     let row = if s.upload_id.is_empty() {
         if s.offset != 0 {
@@ -155,15 +158,17 @@ async fn start(p: &Picker, user: &str, s: pb::UploadStart) -> Result<Open, Statu
     Ok(Open {
         row,
         app,
+        from: s.offset,
         at: s.offset,
         since_checkpoint: 0,
         pieces: Gather::new(crate::api::INGEST_PIECE),
         budget,
+        timing: p.write_cost.begin(),
     })
 }
 
 /// The next bytes of the open file, within its limits.
-async fn data(open: &mut Open, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
+async fn data(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
     let next = open.at + bytes.len() as u64;
     if let Some(len) = open.row.length
         && next > len
@@ -194,7 +199,7 @@ async fn data(open: &mut Open, bytes: bytes::Bytes) -> Result<Option<u64>, Statu
 }
 
 /// The end of the open file: commit it.
-async fn end(p: &Picker, mut open: Open, e: pb::UploadEnd) -> Result<pb::FileInfo, Status> {
+async fn end(p: &Picker, mut open: Open<'_>, e: pb::UploadEnd) -> Result<pb::FileInfo, Status> {
     let expected = (!e.blake3.is_empty()).then_some(e.blake3.as_str());
     if let Some(want) = expected
         && (want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -223,10 +228,25 @@ async fn end(p: &Picker, mut open: Open, e: pb::UploadEnd) -> Result<pb::FileInf
             .await
             .map_err(|e| status(ApiError::internal(e)))?;
     }
-    let stored = tus::complete(p, &open.row, open.app, &mut open.budget, expected, None)
-        .await
-        .map_err(status)?
-        .ok_or_else(|| status(ApiError::internal("a bulk upload became a partial upload")))?;
+    let mut new_bytes = 0;
+    let stored = tus::complete(
+        p,
+        &open.row,
+        open.app,
+        &mut open.budget,
+        expected,
+        Some(&mut new_bytes),
+    )
+    .await
+    .map_err(status)?
+    .ok_or_else(|| status(ApiError::internal("a bulk upload became a partial upload")))?;
+    // Content (partly) in the store already must not commit sooner than new content would
+    // (reliability test 40), as for REST and tus uploads.
+    let bytes = open.at - open.from;
+    p.write_cost.observe(bytes, new_bytes, &open.timing);
+    if new_bytes < bytes {
+        tokio::time::sleep(p.write_cost.pad(bytes, open.timing.elapsed())).await;
+    }
     Ok(info(&stored.row, stored.new_bytes))
 }
 
@@ -238,7 +258,7 @@ async fn upload_loop(
     tx: mpsc::Sender<Result<pb::UploadResponse, Status>>,
 ) {
     let idle = p.cfg.idle_timeout.0;
-    let mut open: Option<Open> = None;
+    let mut open: Option<Open<'_>> = None;
     let failure: Option<Status> = loop {
         let msg = match tokio::time::timeout(idle, inbound.message()).await {
             Err(_) => {
