@@ -38,7 +38,8 @@ pub(crate) struct Credit {
     used: Mutex<usize>,
     freed: Condvar,
     limit: usize,
-    /// The most ever in flight at once.
+    /// The most ever in flight at once (tests check it against the limit).
+    #[cfg(test)]
     peak: std::sync::atomic::AtomicUsize,
 }
 
@@ -48,6 +49,7 @@ impl Credit {
             used: Mutex::new(0),
             freed: Condvar::new(),
             limit,
+            #[cfg(test)]
             peak: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -62,6 +64,7 @@ impl Credit {
                 .map_err(|_| Error::Internal("an engine lock was poisoned by a panic"))?;
         }
         *used += n;
+        #[cfg(test)]
         self.peak
             .fetch_max(*used, std::sync::atomic::Ordering::Relaxed);
         Ok(())

@@ -605,7 +605,7 @@ async fn rights_on(p: &Picker, user: &str, row: &FileRow) -> Result<Rights, ApiE
 
 /// The records of one page of ListAccessible, in its order; files whose row is gone (deleted
 /// a moment ago) are skipped.
-async fn records(
+pub(crate) async fn records(
     p: &Picker,
     files: &[(String, Rights)],
 ) -> Result<Vec<(FileRow, Rights)>, ApiError> {

@@ -20,17 +20,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::Picker;
 use crate::api::{Budget, authorized, check_name, over_quota, remove_file, too_large};
 use crate::engine::{Append, EngineError, Gather};
-use crate::grpc::{DOMAIN, info};
+use crate::grpc::{info, invalid, read_range, status};
 use crate::meta::UploadRow;
 use crate::tus;
-
-fn status(e: ApiError) -> Status {
-    e.to_grpc(DOMAIN)
-}
-
-fn invalid(message: impl Into<String>) -> Status {
-    status(ApiError::bad_request(message))
-}
 
 /// The public service over a shared [`Picker`].
 #[derive(Clone)]
@@ -361,36 +353,16 @@ impl FilesService for Files {
     ) -> Result<Response<Self::DownloadStream>, Status> {
         let user = self.user(&request).await?;
         let r = request.into_inner();
-        let p = &self.picker;
-        let row = authorized(p, &user, &r.file_id, Right::Read)
-            .await
-            .map_err(status)?;
-        if r.offset > row.size {
-            return Err(Status::out_of_range(format!(
-                "offset {} is past the end of the file ({} bytes)",
-                r.offset, row.size
-            )));
-        }
-        let end = match r.length {
-            0 => row.size,
-            n => r.offset.saturating_add(n).min(row.size),
-        };
-        let engine_id = row
-            .engine_file()
-            .map_err(|e| status(ApiError::internal(e)))?;
+        let (file, frames) =
+            read_range(&self.picker, &user, &r.file_id, r.offset, r.length).await?;
         let head = pb::DownloadResponse {
-            msg: Some(pb::download_response::Msg::Info(info(&row, 0))),
+            msg: Some(pb::download_response::Msg::Info(file)),
         };
-        let data = p
-            .engine
-            .read(engine_id, r.offset, end, p.cfg.idle_timeout.0)
-            .map(|frame| {
-                frame
-                    .map(|b| pb::DownloadResponse {
-                        msg: Some(pb::download_response::Msg::Data(b)),
-                    })
-                    .map_err(|e| Status::data_loss(e.to_string()))
-            });
+        let data = frames.map(|frame| {
+            frame.map(|b| pb::DownloadResponse {
+                msg: Some(pb::download_response::Msg::Data(b)),
+            })
+        });
         let out = futures_util::stream::once(async move { Ok(head) }).chain(data);
         Ok(Response::new(Box::pin(out)))
     }
@@ -428,19 +400,11 @@ impl FilesService for Files {
                 crate::authz::AuthzError::Invalid(_) => invalid("invalid page_token"),
                 e => status(e.into()),
             })?;
-        let ids: Vec<String> = page.files.iter().map(|(id, _)| id.clone()).collect();
-        let mut rows: std::collections::HashMap<String, crate::meta::FileRow> = p
-            .meta
-            .get_many(&ids)
+        let files = crate::api::records(p, &page.files)
             .await
-            .map_err(|e| status(crate::api::db_error(e)))?
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
-        let files = ids
+            .map_err(status)?
             .iter()
-            .filter_map(|id| rows.remove(id))
-            .map(|row| info(&row, 0))
+            .map(|(row, _)| info(row, 0))
             .collect();
         Ok(Response::new(pb::ListResponse {
             files,

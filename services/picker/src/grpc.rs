@@ -19,12 +19,50 @@ use crate::meta::FileRow;
 /// `google.rpc.ErrorInfo.domain` of this service's errors.
 pub const DOMAIN: &str = "fms.picker";
 
-fn status(e: ApiError) -> Status {
+pub(crate) fn status(e: ApiError) -> Status {
     e.to_grpc(DOMAIN)
 }
 
-fn invalid(message: impl Into<String>) -> Status {
+pub(crate) fn invalid(message: impl Into<String>) -> Status {
     status(ApiError::bad_request(message))
+}
+
+/// Bytes `offset..offset+length` (0: to the end) of a file `user` may read, as verified
+/// frames, after its record: what ReadFile and the bulk API's Download both send.
+pub(crate) async fn read_range(
+    p: &Picker,
+    user: &str,
+    file_id: &str,
+    offset: u64,
+    length: u64,
+) -> Result<
+    (
+        pb::FileInfo,
+        impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static,
+    ),
+    Status,
+> {
+    let row = authorized(p, user, file_id, Right::Read)
+        .await
+        .map_err(status)?;
+    if offset > row.size {
+        return Err(Status::out_of_range(format!(
+            "offset {offset} is past the end of the file ({} bytes)",
+            row.size
+        )));
+    }
+    let end = match length {
+        0 => row.size,
+        n => offset.saturating_add(n).min(row.size),
+    };
+    let engine_id = row
+        .engine_file()
+        .map_err(|e| status(ApiError::internal(e)))?;
+    let frames = p
+        .engine
+        .read(engine_id, offset, end, p.cfg.idle_timeout.0)
+        .map(|frame| frame.map_err(|e| Status::data_loss(e.to_string())));
+    Ok((info(&row, 0), frames))
 }
 
 pub(crate) fn info(row: &FileRow, new_bytes: u64) -> pb::FileInfo {
@@ -157,36 +195,16 @@ impl PickerInternalService for Internal {
     ) -> Result<Response<ReadStream>, Status> {
         let r = request.into_inner();
         check_user(&r.user_id)?;
-        let p = &self.0;
-        let row = authorized(p, &r.user_id, &r.file_id, Right::Read)
-            .await
-            .map_err(status)?;
-        if r.offset > row.size {
-            return Err(Status::out_of_range(format!(
-                "offset {} is past the end of the file ({} bytes)",
-                r.offset, row.size
-            )));
-        }
-        let end = match r.length {
-            0 => row.size,
-            n => r.offset.saturating_add(n).min(row.size),
-        };
-        let engine_id = row
-            .engine_file()
-            .map_err(|e| status(ApiError::internal(e)))?;
+        let (file, frames) =
+            read_range(&self.0, &r.user_id, &r.file_id, r.offset, r.length).await?;
         let head = pb::ReadFileResponse {
-            msg: Some(pb::read_file_response::Msg::Info(info(&row, 0))),
+            msg: Some(pb::read_file_response::Msg::Info(file)),
         };
-        let data = p
-            .engine
-            .read(engine_id, r.offset, end, p.cfg.idle_timeout.0)
-            .map(|frame| {
-                frame
-                    .map(|b| pb::ReadFileResponse {
-                        msg: Some(pb::read_file_response::Msg::Data(b)),
-                    })
-                    .map_err(|e| Status::data_loss(e.to_string()))
-            });
+        let data = frames.map(|frame| {
+            frame.map(|b| pb::ReadFileResponse {
+                msg: Some(pb::read_file_response::Msg::Data(b)),
+            })
+        });
         let out = futures_util::stream::once(async move { Ok(head) }).chain(data);
         Ok(Response::new(Box::pin(out)))
     }
