@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 fms_need_packages
-cargo build --quiet -p fms-bench
+cargo build --quiet -p fms-bench -p fms
 # `scripts/bench.sh auth ...` measures token verification and login, `scripts/bench.sh
 # permission ...` the permission service, `scripts/bench.sh picker ...` HTTP uploads and
 # downloads, `scripts/bench.sh tus [--rustus PATH] ...` resumable uploads (tus, gRPC) against

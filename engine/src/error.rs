@@ -40,6 +40,12 @@ pub enum Error {
         given: u64,
         current: u64,
     },
+    /// A chunk a client cut and named does not have that name.
+    #[error("chunk bytes hash to {actual}, not to the announced {claimed}")]
+    ChunkMismatch { claimed: ChunkId, actual: ChunkId },
+    /// Chunks announced for a dedup-aware append break the store's rules.
+    #[error("invalid chunk announcement: {0}")]
+    BadChunks(String),
     /// Stored bytes do not match their hash or record framing.
     #[error("corrupt data in file {file}: chunk {chunk} (pack {pack}, offset {offset}): {reason}")]
     Corrupt {

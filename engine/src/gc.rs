@@ -131,7 +131,7 @@ impl Store {
                 }
                 if kind == RecordKind::Manifest {
                     let alive = match index::decode_manifest_record(&buf) {
-                        Some((id, _, _)) => inner.index.file_meta(&id)?.is_some(),
+                        Some((id, ..)) => inner.index.file_meta(&id)?.is_some(),
                         None => false,
                     };
                     if !alive {

@@ -12,11 +12,16 @@ use rocksdb::{
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, ContentHash, FileId, SessionId};
 use crate::pack::Location;
+use crate::scope::Scope;
 
 pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_FILES: &str = "files";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
 pub(crate) const CF_SESSIONS: &str = "sessions";
+/// File id -> the scope it was committed in.
+pub(crate) const CF_FILE_SCOPES: &str = "file_scopes";
+/// Scope ++ chunk id -> how many of the scope's files name the chunk.
+pub(crate) const CF_SCOPE_CHUNKS: &str = "scope_chunks";
 
 /// Where a chunk lives and how many manifests (and open sessions) name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,26 +133,39 @@ pub(crate) fn decode_entries(b: &[u8]) -> Option<Vec<ManifestEntry>> {
     Some(v)
 }
 
-/// The payload of a manifest record in a pack: id, metadata, chunk list.
+/// The payload of a manifest record in a pack: id, metadata, chunk list, then the scope if
+/// the file has one (records written before scopes existed simply end after the list).
 pub(crate) fn encode_manifest_record(
     id: FileId,
     meta: &FileMeta,
     entries: &[ManifestEntry],
+    scope: Option<Scope>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + FILE_META_LEN + 4 + entries.len() * 36);
+    let mut out = Vec::with_capacity(16 + FILE_META_LEN + 4 + entries.len() * 36 + 16);
     out.extend_from_slice(&id.0);
     meta.encode(&mut out);
     encode_entries(entries, &mut out);
+    if let Some(s) = scope {
+        out.extend_from_slice(&s.0);
+    }
     out
 }
 
-pub(crate) fn decode_manifest_record(b: &[u8]) -> Option<(FileId, FileMeta, Vec<ManifestEntry>)> {
+/// A manifest record's content.
+pub(crate) type ManifestRecord = (FileId, FileMeta, Vec<ManifestEntry>, Option<Scope>);
+
+pub(crate) fn decode_manifest_record(b: &[u8]) -> Option<ManifestRecord> {
     let mut r = Reader(b);
     let id = FileId(r.array()?);
     let meta = FileMeta::read(&mut r)?;
     let entries = read_entries(&mut r)?;
+    let scope = if r.0.is_empty() {
+        None
+    } else {
+        Some(Scope(r.array()?))
+    };
     r.end()?;
-    Some((id, meta, entries))
+    Some((id, meta, entries, scope))
 }
 
 pub(crate) fn encode_tombstone(id: FileId, time_ms: u64) -> Vec<u8> {
@@ -263,7 +281,15 @@ impl Index {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
-        let cfs = [CF_CHUNKS, CF_FILES, CF_MANIFESTS, CF_SESSIONS].map(|n| {
+        let cfs = [
+            CF_CHUNKS,
+            CF_FILES,
+            CF_MANIFESTS,
+            CF_SESSIONS,
+            CF_FILE_SCOPES,
+            CF_SCOPE_CHUNKS,
+        ]
+        .map(|n| {
             let mut o = Options::default();
             if n == CF_CHUNKS {
                 // Dedup looks up every chunk; most uploads are new data, so misses dominate.
@@ -414,8 +440,18 @@ mod tests {
             len: 10,
         }];
         let id = FileId([9; 16]);
-        let rec = encode_manifest_record(id, &meta, &entries);
-        assert_eq!(decode_manifest_record(&rec), Some((id, meta, entries)));
+        let rec = encode_manifest_record(id, &meta, &entries, None);
+        assert_eq!(
+            decode_manifest_record(&rec),
+            Some((id, meta, entries.clone(), None))
+        );
+        assert_eq!(decode_manifest_record(&rec[..rec.len() - 1]), None);
+        let scope = Some(Scope([4; 16]));
+        let rec = encode_manifest_record(id, &meta, &entries, scope);
+        assert_eq!(
+            decode_manifest_record(&rec),
+            Some((id, meta, entries, scope))
+        );
         assert_eq!(decode_manifest_record(&rec[..rec.len() - 1]), None);
         // A count far larger than the bytes present must not allocate or panic.
         let mut lying = Vec::new();

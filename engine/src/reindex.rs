@@ -11,10 +11,12 @@ use crate::durable;
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{
-    self, CF_CHUNKS, CF_FILES, CF_MANIFESTS, ChunkEntry, FileMeta, Index, ManifestEntry,
+    self, CF_CHUNKS, CF_FILE_SCOPES, CF_FILES, CF_MANIFESTS, CF_SCOPE_CHUNKS, ChunkEntry, FileMeta,
+    Index, ManifestEntry,
 };
 use crate::io::{IoMode, open_backend};
 use crate::pack::{LocalPacks, Location, PackStore, RECORD_HEADER_LEN, RecordKind};
+use crate::scope::{self, Scope};
 use crate::store::{Store, distinct};
 
 /// What a reindex found.
@@ -45,7 +47,8 @@ impl Store {
         let packs = LocalPacks::open(&path.join("packs"), io, u64::MAX)?;
         let mut rep = ReindexReport::default();
         let mut chunks: HashMap<ChunkId, (Location, u32)> = HashMap::new();
-        let mut files: HashMap<FileId, (FileMeta, Vec<ManifestEntry>)> = HashMap::new();
+        let mut files: HashMap<FileId, (FileMeta, Vec<ManifestEntry>, Option<Scope>)> =
+            HashMap::new();
         let mut tombs: HashSet<FileId> = HashSet::new();
         for (pack, _) in packs.list()? {
             rep.packs += 1;
@@ -67,8 +70,10 @@ impl Store {
                         ));
                     }
                     RecordKind::Manifest => {
-                        if let Some((id, meta, entries)) = index::decode_manifest_record(&buf) {
-                            files.insert(id, (meta, entries));
+                        if let Some((id, meta, entries, scope)) =
+                            index::decode_manifest_record(&buf)
+                        {
+                            files.insert(id, (meta, entries, scope));
                         } else {
                             rep.corrupt_records += 1;
                         }
@@ -90,8 +95,9 @@ impl Store {
         {
             let idx = Index::open(&fresh)?;
             let mut refs: HashMap<ChunkId, u32> = HashMap::new();
+            let mut scoped: HashMap<(Scope, ChunkId), u32> = HashMap::new();
             let mut wb = WriteBatch::default();
-            for (id, (meta, entries)) in &files {
+            for (id, (meta, entries, scope)) in &files {
                 if tombs.contains(id) {
                     rep.deleted_files += 1;
                     continue;
@@ -102,6 +108,12 @@ impl Store {
                 }
                 for c in distinct(entries) {
                     *refs.entry(c).or_default() += 1;
+                    if let Some(s) = scope {
+                        *scoped.entry((*s, c)).or_default() += 1;
+                    }
+                }
+                if let Some(s) = scope {
+                    wb.put_cf(idx.cf(CF_FILE_SCOPES)?, id.0, s.0);
                 }
                 let mut v = Vec::new();
                 meta.encode(&mut v);
@@ -109,6 +121,12 @@ impl Store {
                 let mut m = Vec::new();
                 index::encode_entries(entries, &mut m);
                 wb.put_cf(idx.cf(CF_MANIFESTS)?, id.0, &m);
+                if wb.len() > 10_000 {
+                    idx.db.write(std::mem::take(&mut wb))?;
+                }
+            }
+            for ((s, c), n) in &scoped {
+                wb.put_cf(idx.cf(CF_SCOPE_CHUNKS)?, scope::key(*s, c), n.to_le_bytes());
                 if wb.len() > 10_000 {
                     idx.db.write(std::mem::take(&mut wb))?;
                 }

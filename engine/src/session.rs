@@ -3,7 +3,7 @@
 //! the same synced index batch, so after a crash the session reports exactly the last
 //! acknowledged offset.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +16,12 @@ use crate::index::{
     self, CF_SESSIONS, FileMeta, ManifestEntry, SessionHeader, session_segment_key,
 };
 use crate::read::read_chunk;
-use crate::store::{FileInfo, Inner, Store, WriterGuard, distinct, lock};
-use crate::write::Pipeline;
+use crate::scope::Scope;
+use crate::store::{FileInfo, Inner, NewFile, Store, WriterGuard, distinct, lock};
+use crate::write::{Expect, Pipeline};
+
+/// Chunks announced to one writer and not yet supplied (a dedup-aware client's window).
+pub const MAX_ANNOUNCED: usize = 4096;
 
 /// A session as seen from outside.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,12 @@ pub struct SessionWriter {
     hashing: bool,
     /// Bytes this writer stored as new chunks, as of its last checkpoint.
     new_bytes: u64,
+    /// The scope the finished file is committed in.
+    scope: Option<Scope>,
+    /// Announced chunks not yet supplied, in order: (entry, whether the scope holds it).
+    plan: VecDeque<(ManifestEntry, bool)>,
+    /// A chunk shorter than the minimum was announced: it must be the last.
+    short: bool,
 }
 
 impl std::fmt::Debug for SessionWriter {
@@ -176,6 +186,9 @@ impl Store {
             unacked: 0,
             hashing,
             new_bytes: 0,
+            scope: None,
+            plan: VecDeque::new(),
+            short: false,
         })
     }
 
@@ -261,8 +274,118 @@ impl SessionWriter {
             .ok_or(Error::Internal("session writer finished"))
     }
 
+    /// Commit the finished file in `scope` (its owner).
+    pub fn set_scope(&mut self, scope: Option<Scope>) {
+        self.scope = scope;
+    }
+
+    fn no_plan(&self) -> Result<()> {
+        if self.plan.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::BadChunks(format!(
+                "{} announced chunks are still to come before other bytes",
+                self.plan.len()
+            )))
+        }
+    }
+
+    /// Dedup-aware append: announce the next chunks as the client cut them (id and length,
+    /// in order). Answers, for each, whether its bytes must be sent: `false` only for a
+    /// chunk that `scope`'s own committed files hold (pinned from now until this writer
+    /// ends, so it cannot go away before it is used). The announced chunks are then taken in
+    /// order by [`SessionWriter::chunk`] (needed ones) and [`SessionWriter::reuse`] (held).
+    /// Every chunk must be at most the store's maximum and, except the last of the file, at
+    /// least its minimum; at most [`MAX_ANNOUNCED`] may be outstanding.
+    pub fn announce(&mut self, scope: Scope, chunks: &[(ChunkId, u32)]) -> Result<Vec<bool>> {
+        let p = self.inner.params;
+        if self.plan.len() + chunks.len() > MAX_ANNOUNCED {
+            return Err(Error::BadChunks(format!(
+                "more than {MAX_ANNOUNCED} chunks announced and not yet sent"
+            )));
+        }
+        for &(_, len) in chunks {
+            if self.short {
+                return Err(Error::BadChunks(format!(
+                    "only the last chunk may be shorter than {} bytes",
+                    p.min
+                )));
+            }
+            if len == 0 || len > p.max {
+                return Err(Error::BadChunks(format!(
+                    "chunk of {len} bytes (1 to {} allowed)",
+                    p.max
+                )));
+            }
+            self.short = len < p.min;
+        }
+        let mut needed = Vec::with_capacity(chunks.len());
+        for &(id, len) in chunks {
+            // Pin before looking: the chunk then cannot be collected between the answer
+            // and its use, whatever the scope's files do meanwhile.
+            self.inner.pin(id)?;
+            let held = self.inner.index.scope_count(scope, &id)? > 0
+                && self.inner.index.chunk(&id)?.is_some_and(|e| e.len == len);
+            if held {
+                self.guard.pinned.push(id);
+            } else {
+                self.inner.unpin_all(&[id]);
+            }
+            self.plan.push_back((ManifestEntry { id, len }, held));
+            needed.push(!held);
+        }
+        Ok(needed)
+    }
+
+    /// The bytes of the next announced chunk, which must be one answered as needed.
+    pub fn chunk(&mut self, data: bytes::Bytes) -> Result<()> {
+        let Some(&(e, held)) = self.plan.front() else {
+            return Err(Error::BadChunks(
+                "chunk bytes with no chunk announced".into(),
+            ));
+        };
+        if held {
+            return Err(Error::BadChunks(format!(
+                "chunk {} is held already; its bytes are not expected",
+                e.id
+            )));
+        }
+        if data.len() != e.len as usize {
+            return Err(Error::BadChunks(format!(
+                "chunk {} announced with {} bytes, sent with {}",
+                e.id,
+                e.len,
+                data.len()
+            )));
+        }
+        self.pipeline()?.push_chunk(data, Expect::Claimed(e.id))?;
+        self.plan.pop_front();
+        self.unacked += e.len as u64;
+        Ok(())
+    }
+
+    /// Take the announced chunks at the front of the plan that the scope holds (read back
+    /// and verified, for the file hash). Returns the bytes they add to the upload.
+    pub fn reuse(&mut self) -> Result<u64> {
+        let mut n = 0u64;
+        while let Some(&(e, true)) = self.plan.front() {
+            let data = read_chunk(&self.inner, FileId([0; 16]), e.id, e.len)?;
+            self.pipeline()?.push_chunk(data, Expect::Verified(e.id))?;
+            self.plan.pop_front();
+            self.unacked += e.len as u64;
+            n += e.len as u64;
+        }
+        Ok(n)
+    }
+
+    /// Announced chunks not yet taken.
+    pub fn announced(&self) -> usize {
+        self.plan.len()
+    }
+
     /// Append bytes (not yet acknowledged).
     pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.no_plan()?;
         self.pipeline()?.write(data)?;
         self.unacked += data.len() as u64;
         Ok(())
@@ -270,6 +393,7 @@ impl SessionWriter {
 
     /// Append owned bytes without copying the chunks inside them (not yet acknowledged).
     pub fn write_bytes(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.no_plan()?;
         let n = data.len() as u64;
         self.pipeline()?.write_bytes(data)?;
         self.unacked += n;
@@ -323,6 +447,7 @@ impl SessionWriter {
 
     /// Checkpoint, cut the tail and commit the session as a new file. The session ends.
     pub fn finish(mut self) -> Result<FileInfo> {
+        self.no_plan()?;
         self.checkpoint()?;
         let inner = self.inner.clone();
         let Some((_, mut entries)) = inner.index.session(&self.id)? else {
@@ -357,11 +482,17 @@ impl SessionWriter {
             chunks: entries.len() as u32,
             created_ms: now_ms(),
         };
-        inner.write_manifest_record(id, &meta, &entries, &mut packs)?;
+        let f = NewFile {
+            id,
+            meta: &meta,
+            entries: &entries,
+            scope: self.scope,
+        };
+        inner.write_manifest_record(&f, &mut packs)?;
         let carried: Vec<ChunkId> = self.held.iter().copied().collect();
         let sid = self.id;
         let segments = self.header.segments;
-        inner.commit_file(id, &meta, &entries, &flushed.new_locs, &carried, |wb| {
+        inner.commit_file(&f, &flushed.new_locs, &carried, |wb| {
             let cf = inner.index.cf(CF_SESSIONS)?;
             wb.delete_cf(cf, sid.0);
             for seg in 0..segments {

@@ -19,6 +19,7 @@ use crate::pack::{
     LocalPacks, Location, NewRecord, PACK_HEADER_LEN, PackStore, RECORD_HEADER_LEN, RecordKind,
 };
 use crate::read::{LayoutCache, ReadPool};
+use crate::scope::Scope;
 
 const STORE_FILE: &str = "STORE";
 const STORE_FORMAT: &str = "fms-store 1";
@@ -374,8 +375,12 @@ impl Store {
         let mut wb = WriteBatch::default();
         wb.delete_cf(inner.index.cf(CF_FILES)?, id.0);
         wb.delete_cf(inner.index.cf(CF_MANIFESTS)?, id.0);
-        let deltas = distinct(&manifest).into_iter().map(|c| (c, -1)).collect();
+        let chunks = distinct(&manifest);
+        let deltas = chunks.iter().map(|&c| (c, -1)).collect();
         inner.apply_refs(&mut wb, &deltas, &HashMap::new())?;
+        if let Some(scope) = inner.index.file_scope(&id)? {
+            inner.apply_scope(&mut wb, id, scope, &chunks, -1)?;
+        }
         inner.index.write_sync(wb)?;
         inner.layouts.forget(&id);
         Ok(())
@@ -484,12 +489,10 @@ impl Inner {
     /// Append a manifest record and make it and everything in `packs` durable.
     pub(crate) fn write_manifest_record(
         &self,
-        id: FileId,
-        meta: &FileMeta,
-        entries: &[ManifestEntry],
+        f: &NewFile<'_>,
         packs: &mut Vec<u32>,
     ) -> Result<()> {
-        let payload = index::encode_manifest_record(id, meta, entries);
+        let payload = index::encode_manifest_record(f.id, f.meta, f.entries, f.scope);
         let locs = self.packs.append(&[NewRecord {
             kind: RecordKind::Manifest,
             hash: *blake3::hash(&payload).as_bytes(),
@@ -512,13 +515,17 @@ impl Inner {
     /// `carried` are chunks whose references the caller already holds (a session's).
     pub(crate) fn commit_file(
         &self,
-        id: FileId,
-        meta: &FileMeta,
-        entries: &[ManifestEntry],
+        f: &NewFile<'_>,
         new_locs: &HashMap<ChunkId, (Location, u32)>,
         carried: &[ChunkId],
         extra: impl FnOnce(&mut WriteBatch) -> Result<()>,
     ) -> Result<()> {
+        let NewFile {
+            id,
+            meta,
+            entries,
+            scope,
+        } = *f;
         let mut wb = WriteBatch::default();
         let mut v = Vec::with_capacity(index::FILE_META_LEN);
         meta.encode(&mut v);
@@ -526,8 +533,8 @@ impl Inner {
         let mut m = Vec::with_capacity(4 + entries.len() * 36);
         index::encode_entries(entries, &mut m);
         wb.put_cf(self.index.cf(CF_MANIFESTS)?, id.0, &m);
-        let mut deltas: HashMap<ChunkId, i64> =
-            distinct(entries).into_iter().map(|c| (c, 1)).collect();
+        let chunks = distinct(entries);
+        let mut deltas: HashMap<ChunkId, i64> = chunks.iter().map(|&c| (c, 1)).collect();
         for c in carried {
             if let Some(d) = deltas.get_mut(c) {
                 *d -= 1;
@@ -536,6 +543,9 @@ impl Inner {
         extra(&mut wb)?;
         let _g = lock(&self.commit)?;
         self.apply_refs(&mut wb, &deltas, new_locs)?;
+        if let Some(scope) = scope {
+            self.apply_scope(&mut wb, id, scope, &chunks, 1)?;
+        }
         self.index.write_sync(wb)
     }
 
@@ -566,6 +576,16 @@ impl Inner {
             }
         }
     }
+}
+
+/// A file about to be committed.
+#[derive(Clone, Copy)]
+pub(crate) struct NewFile<'a> {
+    pub(crate) id: FileId,
+    pub(crate) meta: &'a FileMeta,
+    pub(crate) entries: &'a [ManifestEntry],
+    /// The owner scope it is committed in, if any.
+    pub(crate) scope: Option<Scope>,
 }
 
 /// Registration of one in-flight writer (a file upload, a session append): keeps compaction

@@ -6,9 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::error::Result;
 use crate::id::{ChunkId, FileId};
-use crate::index::CF_FILES;
 use crate::index::{self, CF_CHUNKS, CF_MANIFESTS, ChunkEntry, FileMeta};
+use crate::index::{CF_FILE_SCOPES, CF_FILES, CF_SCOPE_CHUNKS};
 use crate::pack::{Location, RECORD_HEADER_LEN, RecordKind};
+use crate::scope::{self, Scope};
 use crate::store::{Store, distinct};
 
 /// The outcome of [`Store::verify`].
@@ -59,7 +60,7 @@ impl Store {
                         r.offset, r.header.kind
                     ));
                 } else if r.header.kind == RecordKind::Manifest {
-                    if let Some((id, meta, m)) = index::decode_manifest_record(&buf) {
+                    if let Some((id, meta, m, _)) = index::decode_manifest_record(&buf) {
                         let mut enc = Vec::new();
                         index::encode_entries(&m, &mut enc);
                         recorded.insert(id, (meta, *blake3::hash(&enc).as_bytes()));
@@ -257,6 +258,48 @@ impl Store {
                     e.refs
                 ));
             }
+        }
+        // 5. Scope counts equal the number of the scope's files naming each chunk.
+        let mut scoped: HashMap<[u8; 48], u32> = HashMap::new();
+        let mut scopes = Vec::new();
+        inner.index.scan(CF_FILE_SCOPES, |k, v| {
+            match (<[u8; 16]>::try_from(k), <[u8; 16]>::try_from(v)) {
+                (Ok(f), Ok(s)) => scopes.push((FileId(f), Scope(s))),
+                _ => rep
+                    .problems
+                    .push(format!("index: undecodable file scope {}", hex::encode(k))),
+            }
+            Ok(())
+        })?;
+        for (f, s) in scopes {
+            match inner.index.manifest(&f)? {
+                Some(m) => {
+                    for c in distinct(&m) {
+                        *scoped.entry(scope::key(s, &c)).or_default() += 1;
+                    }
+                }
+                None => rep
+                    .problems
+                    .push(format!("file {f}: a scope but no manifest")),
+            }
+        }
+        inner.index.scan(CF_SCOPE_CHUNKS, |k, v| {
+            let want = <[u8; 48]>::try_from(k)
+                .ok()
+                .and_then(|k| scoped.remove(&k))
+                .unwrap_or(0);
+            if scope::decode_count(v) != Some(want) {
+                rep.problems.push(format!(
+                    "scope chunk {}: count {:?} but {want} files",
+                    hex::encode(k),
+                    scope::decode_count(v)
+                ));
+            }
+            Ok(())
+        })?;
+        for k in scoped.keys() {
+            rep.problems
+                .push(format!("scope chunk {}: missing count", hex::encode(k)));
         }
         damaged.sort_unstable();
         damaged.dedup();

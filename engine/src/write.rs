@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId, now_ms};
 use crate::index::{FileMeta, ManifestEntry};
 use crate::pack::{Location, NewRecord, RecordKind};
-use crate::store::{FileInfo, Inner, Store, WriterGuard, lock};
+use crate::scope::Scope;
+use crate::store::{FileInfo, Inner, NewFile, Store, WriterGuard, lock};
 
 /// Chunks queued between the chunker and the worker (their bytes are bounded by the credit).
 const CHANNEL_CHUNKS: usize = 64;
@@ -99,8 +100,19 @@ pub(crate) struct Flushed {
     pub(crate) pinned: Vec<ChunkId>,
 }
 
+/// What the worker knows of a chunk's id before hashing it.
+#[derive(Clone, Copy)]
+pub(crate) enum Expect {
+    /// Cut here: hash it.
+    Cut,
+    /// Cut by a client that named it: hash it and refuse it if the name is wrong.
+    Claimed(ChunkId),
+    /// Read back from the store, already verified against this id.
+    Verified(ChunkId),
+}
+
 enum Msg {
-    Chunk(Bytes),
+    Chunk(Bytes, Expect),
     Flush(SyncSender<Result<Flushed>>),
     /// Flush and hand back the file hash (ends the worker).
     Finish(SyncSender<Result<(Flushed, Option<blake3::Hasher>)>>),
@@ -124,9 +136,9 @@ struct Sink {
 
 impl Sink {
     /// Decide one chunk; its credit is given back here unless it goes on to the writer.
-    fn add(&mut self, chunk: Bytes) -> Result<()> {
+    fn add(&mut self, chunk: Bytes, expect: Expect) -> Result<()> {
         let len = chunk.len();
-        match self.decide(chunk) {
+        match self.decide(chunk, expect) {
             Ok(true) => Ok(()),
             Ok(false) => {
                 self.credit.give(len);
@@ -140,11 +152,24 @@ impl Sink {
     }
 
     /// Whether the chunk was queued for writing.
-    fn decide(&mut self, chunk: Bytes) -> Result<bool> {
+    fn decide(&mut self, chunk: Bytes, expect: Expect) -> Result<bool> {
+        let id = match expect {
+            Expect::Cut => ChunkId::of(&chunk),
+            Expect::Verified(id) => id,
+            Expect::Claimed(claimed) => {
+                let id = ChunkId::of(&chunk);
+                if id != claimed {
+                    return Err(Error::ChunkMismatch {
+                        claimed,
+                        actual: id,
+                    });
+                }
+                id
+            }
+        };
         if let Some(h) = self.hasher.as_mut() {
             h.update(&chunk);
         }
-        let id = ChunkId::of(&chunk);
         let len = chunk.len() as u32;
         self.out.entries.push(ManifestEntry { id, len });
         if !self.known.insert(id) {
@@ -197,10 +222,10 @@ impl Sink {
         let mut failed: Option<Error> = None;
         for msg in rx {
             match msg {
-                Msg::Chunk(c) => {
+                Msg::Chunk(c, expect) => {
                     if failed.is_some() {
                         self.credit.give(c.len());
-                    } else if let Err(e) = self.add(c) {
+                    } else if let Err(e) = self.add(c, expect) {
                         failed = Some(e);
                     }
                 }
@@ -381,6 +406,18 @@ impl Pipeline {
         self.chunker.push(data, &mut forward(tx, &self.credit))
     }
 
+    /// Hand on one chunk cut elsewhere (cutting whatever uncut bytes come before it first).
+    pub(crate) fn push_chunk(&mut self, chunk: Bytes, expect: Expect) -> Result<()> {
+        self.cut_tail()?;
+        let tx = self.sender()?;
+        let n = chunk.len();
+        self.credit.take(n)?;
+        tx.send(Msg::Chunk(chunk, expect)).map_err(|_| {
+            self.credit.give(n);
+            Error::Internal("ingest worker stopped")
+        })
+    }
+
     /// Cut the tail too (end of the stream).
     pub(crate) fn cut_tail(&mut self) -> Result<()> {
         let tx = self
@@ -427,7 +464,7 @@ fn forward<'a>(
     |c| {
         let n = c.len();
         credit.take(n)?;
-        tx.send(Msg::Chunk(c)).map_err(|_| {
+        tx.send(Msg::Chunk(c, Expect::Cut)).map_err(|_| {
             credit.give(n);
             Error::Internal("ingest worker stopped")
         })
@@ -451,6 +488,7 @@ pub struct FileWriter {
     packs: Vec<u32>,
     new_bytes: u64,
     size: u64,
+    scope: Option<Scope>,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -483,6 +521,11 @@ impl FileWriter {
         self.new_bytes += f.new_bytes;
     }
 
+    /// Commit the file in `scope` (its owner): see [`Store::scope_holds`].
+    pub fn set_scope(&mut self, scope: Option<Scope>) {
+        self.scope = scope;
+    }
+
     /// Bytes written so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -504,8 +547,14 @@ impl FileWriter {
             created_ms: now_ms(),
         };
         let inner = self.inner.clone();
-        inner.write_manifest_record(id, &meta, &self.entries, &mut self.packs)?;
-        inner.commit_file(id, &meta, &self.entries, &self.new_locs, &[], |_| Ok(()))?;
+        let f = NewFile {
+            id,
+            meta: &meta,
+            entries: &self.entries,
+            scope: self.scope,
+        };
+        inner.write_manifest_record(&f, &mut self.packs)?;
+        inner.commit_file(&f, &self.new_locs, &[], |_| Ok(()))?;
         Ok(FileInfo {
             id,
             meta,
@@ -536,6 +585,7 @@ impl Store {
             packs: Vec::new(),
             new_bytes: 0,
             size: 0,
+            scope: None,
         })
     }
 
@@ -622,8 +672,8 @@ impl Store {
     /// A new file whose content is `parts` one after another, made from their manifests: no
     /// chunk byte is copied or written, only a manifest record (chunks keep the cuts they had
     /// in their parts). The whole-file hash is computed by reading the parts, every chunk
-    /// verified. The parts are left as they are.
-    pub fn concat(&self, parts: &[FileId]) -> Result<FileInfo> {
+    /// verified. The parts are left as they are; the new file is committed in `scope`.
+    pub fn concat(&self, parts: &[FileId], scope: Option<Scope>) -> Result<FileInfo> {
         if let Some(why) = self.inner.packs.poisoned() {
             return Err(Error::Poisoned(why));
         }
@@ -654,11 +704,16 @@ impl Store {
             created_ms: now_ms(),
         };
         let id = FileId::generate();
+        let f = NewFile {
+            id,
+            meta: &meta,
+            entries: &entries,
+            scope,
+        };
         let mut packs = Vec::new();
+        self.inner.write_manifest_record(&f, &mut packs)?;
         self.inner
-            .write_manifest_record(id, &meta, &entries, &mut packs)?;
-        self.inner
-            .commit_file(id, &meta, &entries, &HashMap::new(), &[], |_| Ok(()))?;
+            .commit_file(&f, &HashMap::new(), &[], |_| Ok(()))?;
         drop(guard);
         Ok(FileInfo {
             id,
@@ -698,7 +753,7 @@ mod concat_tests {
             .map(|d| store.put(d).unwrap().id)
             .collect();
         let before = store.stats().unwrap();
-        let joined = store.concat(&parts).unwrap();
+        let joined = store.concat(&parts, None).unwrap();
         let whole: Vec<u8> = [a.as_slice(), &b, &c].concat();
         assert_eq!(joined.meta.size, whole.len() as u64);
         assert_eq!(joined.meta.hash, *blake3::hash(&whole).as_bytes());
@@ -722,7 +777,10 @@ mod concat_tests {
                     v
                 });
         assert!(got == whole);
-        assert!(matches!(store.concat(&[parts[0]]), Err(Error::NotFound(_))));
+        assert!(matches!(
+            store.concat(&[parts[0]], None),
+            Err(Error::NotFound(_))
+        ));
         store.delete(joined.id).unwrap();
         store.gc().unwrap();
         assert_eq!(store.stats().unwrap().live_chunk_bytes, 0);

@@ -154,8 +154,13 @@ fn flipped_bits_are_always_detected() {
         let (cf_name, key, old) = {
             let mut opts = rocksdb::Options::default();
             opts.create_missing_column_families(true);
-            let db =
-                rocksdb::DB::open_cf(&opts, &path, cfs.iter().chain(["sessions"].iter())).unwrap();
+            let db = rocksdb::DB::open_cf(
+                &opts,
+                &path,
+                cfs.iter()
+                    .chain(["sessions", "file_scopes", "scope_chunks"].iter()),
+            )
+            .unwrap();
             let cf_name = cfs[n % cfs.len()];
             let cf = db.cf_handle(cf_name).unwrap();
             let all: Vec<KeyValue> = db
@@ -176,7 +181,13 @@ fn flipped_bits_are_always_detected() {
         drop(store);
         let mut opts = rocksdb::Options::default();
         opts.create_missing_column_families(true);
-        let db = rocksdb::DB::open_cf(&opts, &path, cfs.iter().chain(["sessions"].iter())).unwrap();
+        let db = rocksdb::DB::open_cf(
+            &opts,
+            &path,
+            cfs.iter()
+                .chain(["sessions", "file_scopes", "scope_chunks"].iter()),
+        )
+        .unwrap();
         db.put_cf(db.cf_handle(cf_name).unwrap(), &key, &old)
             .unwrap();
     }

@@ -242,6 +242,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 size: Some(size as u64),
                 upload_id: String::new(),
                 offset: 0,
+                resume: false,
             })),
         }];
         msgs.extend((0..d.len()).step_by(1 << 20).map(|i| pb::UploadRequest {
@@ -270,6 +271,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             mbps(size, t.elapsed()),
         );
     }
+    let dedup = match fms_binary() {
+        Some(fms) => Some(push_bench(&fms, &url, &sut.grpc, args.size_mib).await?),
+        None => {
+            eprintln!("the fms binary is not built next to this one: no push measurement");
+            None
+        }
+    };
     drop(sut);
     let med = |v: &[f64]| {
         let mut v = v.to_vec();
@@ -303,10 +311,189 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("| {name} | {m:.0} | {:.2} | {vs_rustus} |", m / engine);
         out.insert(name.clone(), json!(m.round()));
     }
+    if let Some(d) = &dedup {
+        println!(
+            "\nRe-upload of a {} MiB file with 1% changed (8 scattered regions) by the `fms push` \
+             client, medians of {ROUNDS} rounds\n",
+            args.size_mib
+        );
+        println!("| measurement | wall s | MiB/s of file | bytes sent | vs engine ingest |");
+        println!("|---|---:|---:|---:|---:|");
+        for (name, secs, sent) in d {
+            let rate = args.size_mib as f64 / secs;
+            println!(
+                "| {name} | {secs:.2} | {rate:.0} | {sent} | {:.2} |",
+                rate / engine
+            );
+            out.insert(
+                name.clone(),
+                json!({"seconds": secs, "bytes_sent": sent, "mib_s": rate.round()}),
+            );
+        }
+    }
     if let Some(path) = args.json {
         out.insert("size_mib".into(), json!(args.size_mib));
         out.insert("rounds".into(), json!(ROUNDS));
         std::fs::write(path, serde_json::to_string_pretty(&Value::Object(out))?)?;
     }
     Ok(())
+}
+
+/// The `fms` binary built beside this one (`cargo build -p fms`).
+fn fms_binary() -> Option<std::path::PathBuf> {
+    let p = std::env::current_exe().ok()?.parent()?.join("fms");
+    p.exists().then_some(p)
+}
+
+/// Run `fms` with credentials in `creds`; its stdout as JSON.
+async fn fms(
+    bin: &std::path::Path,
+    creds: &std::path::Path,
+    args: &[&str],
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("FMS_CREDENTIALS", creds)
+        .env("FMS_PASSWORD", "correct horse battery staple")
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !out.status.success() {
+        return Err(format!("fms {args:?}: {}", out.status).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// A `size_mib` file pushed once, then re-pushed after changing 1% of it (eight scattered
+/// regions, new ones each round): dedup-aware, and with `--no-dedup` as the baseline.
+/// Returns (measurement, median wall seconds, median bytes sent).
+async fn push_bench(
+    bin: &std::path::Path,
+    url: &str,
+    grpc: &str,
+    size_mib: usize,
+) -> Result<Vec<(String, f64, u64)>, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir_in(std::env::var("FMS_BENCH_DIR").unwrap_or_else(|_| ".".into()))?;
+    let creds = dir.path().join("credentials.json");
+    let creds2 = dir.path().join("credentials-2.json");
+    let other = dir.path().join("other.bin");
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, data(size_mib, 4242))?;
+    let size = (size_mib as u64) << 20;
+    let file_s = file.to_string_lossy().to_string();
+    fms(
+        bin,
+        &creds,
+        &[
+            "login",
+            "--server",
+            url,
+            "--grpc",
+            grpc,
+            "--username",
+            "bench",
+        ],
+    )
+    .await?;
+    let mut journal = 0;
+    let mut push = |extra: &'static [&'static str]| {
+        journal += 1;
+        let j = dir
+            .path()
+            .join(format!("journal-{journal}"))
+            .to_string_lossy()
+            .to_string();
+        let mut a: Vec<String> = vec!["push".into(), "--json".into(), "--journal".into(), j];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a.push(file_s.clone());
+        a
+    };
+    let first = push(&[]);
+    let v = fms(
+        bin,
+        &creds,
+        &first.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await?;
+    let mut rows: Vec<(String, Vec<f64>, Vec<u64>)> = vec![
+        (
+            "fms push, first upload (all new)".into(),
+            vec![v["seconds"].as_f64().unwrap_or(0.0)],
+            vec![v["bytes_sent"].as_u64().unwrap_or(0)],
+        ),
+        ("fms push, 1% changed, dedup-aware".into(), vec![], vec![]),
+        (
+            "fms push --no-dedup, 1% changed (baseline)".into(),
+            vec![],
+            vec![],
+        ),
+        (
+            "another user, dedup-aware: content the first user holds".into(),
+            vec![],
+            vec![],
+        ),
+        (
+            "another user, dedup-aware: content nobody holds (baseline)".into(),
+            vec![],
+            vec![],
+        ),
+    ];
+    let mut rng = SmallRng::seed_from_u64(77);
+    for _ in 0..ROUNDS {
+        let region = (size / 100 / 8) as usize;
+        for _ in 0..8 {
+            let at = rng.next_u64() % (size - region as u64);
+            let mut b = vec![0u8; region];
+            rng.fill_bytes(&mut b);
+            std::fs::File::options()
+                .write(true)
+                .open(&file)?
+                .write_all_at(&b, at)?;
+        }
+        settle().await;
+        for (i, extra) in [(1usize, &[][..]), (2, &["--no-dedup"][..])] {
+            let a = push(extra);
+            let v = fms(
+                bin,
+                &creds,
+                &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .await?;
+            rows[i].1.push(v["seconds"].as_f64().unwrap_or(0.0));
+            rows[i].2.push(v["bytes_sent"].as_u64().unwrap_or(0));
+        }
+        // A new user pushes what the first holds, and as much content nobody holds: the
+        // first must not be faster (the store keeps one copy, the time must not tell).
+        let second = format!("bench-2-{}", rng.next_u64());
+        stack::login(&stack::client()?, url, &second).await?;
+        let login2 = [
+            "login",
+            "--server",
+            url,
+            "--grpc",
+            grpc,
+            "--username",
+            &second,
+        ];
+        fms(bin, &creds2, &login2).await?;
+        std::fs::write(&other, data(size_mib, rng.next_u64()))?;
+        settle().await;
+        for (i, path) in [(3usize, &file), (4, &other)] {
+            let j = dir.path().join(format!("journal-2-{}", rng.next_u64()));
+            let (j, p) = (j.to_string_lossy(), path.to_string_lossy());
+            let a = ["push", "--json", "--journal", &j, &p];
+            let v = fms(bin, &creds2, &a).await?;
+            rows[i].1.push(v["seconds"].as_f64().unwrap_or(0.0));
+            rows[i].2.push(v["bytes_sent"].as_u64().unwrap_or(0));
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(n, mut s, mut b)| {
+            s.sort_by(f64::total_cmp);
+            b.sort_unstable();
+            (n, s[s.len() / 2], b[b.len() / 2])
+        })
+        .collect())
 }

@@ -11,6 +11,7 @@ use fms_engine::{FileId, FileInfo, FileMeta, IoMode, Store};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+mod remote;
 mod server;
 
 /// fms — a content-addressed file store.
@@ -84,6 +85,48 @@ enum Command {
     Picker {
         #[command(flatten)]
         listen: ListenArgs,
+    },
+    /// Log in to a running server (REST `/auth/login`); saves the tokens `push` and `pull`
+    /// use in ~/.config/fms/credentials.json (or $FMS_CREDENTIALS), mode 0600.
+    Login {
+        /// The server's HTTP URL, e.g. http://127.0.0.1:8080.
+        #[arg(long, env = "FMS_SERVER")]
+        server: String,
+        /// The server's gRPC URL (default: the same host, port 9090).
+        #[arg(long, env = "FMS_GRPC")]
+        grpc: Option<String>,
+        #[arg(long, env = "FMS_USERNAME")]
+        username: String,
+        /// The password is read from $FMS_PASSWORD, else from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Upload files and directory trees to the server logged in to, over concurrent gRPC
+    /// streams, dedup-aware; run it again after an interruption to resume.
+    Push {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Concurrent upload streams.
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        /// Journal of this push (default: per server and paths under ~/.local/state/fms).
+        #[arg(long)]
+        journal: Option<PathBuf>,
+        /// Send every byte (no dedup-aware upload).
+        #[arg(long)]
+        no_dedup: bool,
+        /// Print a JSON summary (path -> file id) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download files (all you can read when no id is given) into a directory; resumes
+    /// partial downloads and checks every file's BLAKE3.
+    Pull {
+        ids: Vec<String>,
+        #[arg(long, default_value = ".")]
+        to: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
     },
     /// Configuration.
     Config {
@@ -258,7 +301,63 @@ fn progress(len: Option<u64>, what: &str) -> Option<ProgressBar> {
     Some(bar)
 }
 
+/// `login`, `push`, `pull`: talk to a server.
+fn remote(command: Command) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(1, e.to_string()))?;
+    let r = rt.block_on(async move {
+        match command {
+            Command::Login {
+                server,
+                grpc,
+                username,
+                password_stdin,
+            } => {
+                let password = match std::env::var("FMS_PASSWORD") {
+                    Ok(p) if !password_stdin => p,
+                    _ => {
+                        let mut line = String::new();
+                        io::stdin()
+                            .read_line(&mut line)
+                            .map_err(|e| remote::RemoteError(e.to_string()))?;
+                        line.trim_end_matches(['\r', '\n']).to_string()
+                    }
+                };
+                remote::login(&server, grpc.as_deref(), &username, &password).await
+            }
+            Command::Push {
+                paths,
+                streams,
+                journal,
+                no_dedup,
+                json,
+            } => {
+                let opts = remote::PushOptions {
+                    streams,
+                    journal,
+                    dedup: !no_dedup,
+                    json,
+                };
+                remote::push(&paths, opts).await
+            }
+            Command::Pull { ids, to, streams } => {
+                remote::pull(&ids, remote::PullOptions { to, streams }).await
+            }
+            _ => Ok(()),
+        }
+    });
+    r.map_err(|e| fail(1, e.0))
+}
+
 fn run(cli: Cli) -> Result<(), Failure> {
+    if matches!(
+        cli.command,
+        Command::Login { .. } | Command::Push { .. } | Command::Pull { .. }
+    ) {
+        return remote(cli.command);
+    }
     if let Command::Config {
         command: ConfigCmd::Print,
     } = cli.command
@@ -449,7 +548,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Serve { .. }
         | Command::Auth { .. }
         | Command::Permission { .. }
-        | Command::Picker { .. } => {}
+        | Command::Picker { .. }
+        | Command::Login { .. }
+        | Command::Push { .. }
+        | Command::Pull { .. } => {}
     }
     Ok(())
 }

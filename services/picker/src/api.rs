@@ -308,7 +308,7 @@ where
     }
     let idle = p.cfg.idle_timeout.0;
     let timing = p.write_cost.begin();
-    let mut ingest = p.engine.ingest();
+    let mut ingest = p.engine.ingest(user);
     let mut size = 0u64;
     let mut head = Vec::new();
     let mut pieces = crate::engine::Gather::new(INGEST_PIECE);

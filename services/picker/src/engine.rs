@@ -3,7 +3,7 @@
 //! client (backpressure) and a slow client parks one blocking thread, never memory.
 
 use bytes::Bytes;
-use fms_engine::{FileId, FileInfo, SessionId, SessionInfo, Store};
+use fms_engine::{ChunkId, FileId, FileInfo, Scope, SessionId, SessionInfo, Store};
 use tokio::sync::{mpsc, oneshot};
 
 /// Download frames in flight between the engine and a response (8 x 256 KiB).
@@ -214,6 +214,13 @@ impl Ingest {
 
 enum Step {
     Data(Bytes),
+    /// Dedup-aware: announce chunks; answer which are needed (then take the held ones).
+    Announce(
+        Vec<(ChunkId, u32)>,
+        oneshot::Sender<Result<Vec<bool>, EngineError>>,
+    ),
+    /// Dedup-aware: the bytes of the next needed chunk (then take the held ones after it).
+    Chunk(Bytes),
     Checkpoint(oneshot::Sender<Result<u64, EngineError>>),
     /// Checkpoint, release the session, then answer (offset, bytes stored as new).
     Close(oneshot::Sender<Result<(u64, u64), EngineError>>),
@@ -256,6 +263,31 @@ impl Append {
             Ok(Ok(())) => EngineError::Task("the session writer ended early".into()),
             Err(e) => EngineError::Task(e.to_string()),
         }
+    }
+
+    /// Dedup-aware: announce the next chunks; for each, whether its bytes must be sent
+    /// (only chunks the owner's own files hold are not). Held chunks are taken as soon as
+    /// the chunks before them are in.
+    pub async fn announce(
+        &mut self,
+        chunks: Vec<(ChunkId, u32)>,
+    ) -> Result<Vec<bool>, EngineError> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Step::Announce(chunks, tx)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(self.failure().await),
+        }
+    }
+
+    /// Dedup-aware: the bytes of the next announced chunk that was needed.
+    pub async fn chunk(&mut self, data: Bytes) -> Result<(), EngineError> {
+        if self.tx.send(Step::Chunk(data)).await.is_err() {
+            return Err(self.failure().await);
+        }
+        Ok(())
     }
 
     /// Make everything written so far durable; returns the acknowledged offset.
@@ -337,16 +369,30 @@ impl Engine {
             .map_err(Into::into)
     }
 
-    /// Start appending to session `id` at `offset` (its acknowledged offset, or
-    /// `OffsetMismatch`); `SessionBusy` while another append holds it.
-    pub async fn append(&self, id: SessionId, offset: u64) -> Result<Append, EngineError> {
+    /// Start appending to session `id` of user `owner` at `offset` (its acknowledged offset,
+    /// or `OffsetMismatch`); `SessionBusy` while another append holds it. `offset: None`
+    /// resumes wherever the session is.
+    pub async fn append(
+        &self,
+        id: SessionId,
+        offset: Option<u64>,
+        owner: &str,
+    ) -> Result<(Append, u64), EngineError> {
+        let scope = Scope::named(owner);
         let (tx, mut rx) = mpsc::channel::<Step>(PIECES_IN_FLIGHT);
         let (opened_tx, opened_rx) = oneshot::channel();
         let store = self.store.clone();
         let task = tokio::task::spawn_blocking(move || {
-            let mut w = match store.session_writer(id, offset) {
-                Ok(w) => {
-                    let _ = opened_tx.send(Ok(()));
+            let opened = match offset {
+                Some(o) => store.session_writer(id, o),
+                None => store
+                    .session(id)
+                    .and_then(|s| store.session_writer(id, s.offset)),
+            };
+            let mut w = match opened {
+                Ok(mut w) => {
+                    w.set_scope(Some(scope));
+                    let _ = opened_tx.send(Ok(w.acknowledged()));
                     w
                 }
                 Err(e) => {
@@ -357,6 +403,19 @@ impl Engine {
             while let Some(step) = rx.blocking_recv() {
                 match step {
                     Step::Data(b) => w.write_bytes(b)?,
+                    Step::Announce(chunks, reply) => {
+                        let r = w.announce(scope, &chunks).map_err(EngineError::from);
+                        let failed = r.is_err();
+                        let _ = reply.send(r);
+                        if failed {
+                            return Ok(());
+                        }
+                        w.reuse()?;
+                    }
+                    Step::Chunk(b) => {
+                        w.chunk(b)?;
+                        w.reuse()?;
+                    }
                     Step::Checkpoint(reply) => {
                         let r = w.checkpoint().map_err(EngineError::from);
                         let failed = r.is_err();
@@ -389,7 +448,7 @@ impl Engine {
             Ok(())
         });
         match opened_rx.await {
-            Ok(Ok(())) => Ok(Append { tx, task }),
+            Ok(Ok(at)) => Ok((Append { tx, task }, at)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(match task.await {
                 Ok(Err(e)) => e,
@@ -413,12 +472,14 @@ impl Engine {
         &self.store
     }
 
-    /// Start an upload.
-    pub fn ingest(&self) -> Ingest {
+    /// Start an upload by user `owner`.
+    pub fn ingest(&self, owner: &str) -> Ingest {
         let (tx, mut rx) = mpsc::channel::<Msg>(PIECES_IN_FLIGHT);
         let store = self.store.clone();
+        let scope = Scope::named(owner);
         let task = tokio::task::spawn_blocking(move || {
             let mut w = store.writer()?;
+            w.set_scope(Some(scope));
             while let Some(msg) = rx.blocking_recv() {
                 match msg {
                     Msg::Data(b) => w.write_bytes(b)?,
@@ -501,9 +562,10 @@ impl Engine {
 
     /// Drop a file's references (GC reclaims unshared chunks).
     /// A new file joining `parts` (their chunks, not copies of them).
-    pub async fn concat(&self, parts: Vec<FileId>) -> Result<FileInfo, EngineError> {
+    pub async fn concat(&self, parts: Vec<FileId>, owner: &str) -> Result<FileInfo, EngineError> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.concat(&parts))
+        let scope = Some(Scope::named(owner));
+        tokio::task::spawn_blocking(move || store.concat(&parts, scope))
             .await
             .map_err(|e| EngineError::Task(e.to_string()))?
             .map_err(Into::into)

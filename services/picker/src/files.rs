@@ -3,6 +3,7 @@
 //! (one table, one engine session each), driven by a bidirectional stream that reports
 //! durable offsets as it goes.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -24,6 +25,9 @@ use crate::grpc::{info, invalid, read_range, status};
 use crate::meta::UploadRow;
 use crate::tus;
 
+/// Largest message either way (a data message, a chunk, a batch of chunk ids).
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
 /// The public service over a shared [`Picker`].
 #[derive(Clone)]
 pub struct Files {
@@ -40,6 +44,8 @@ impl std::fmt::Debug for Files {
 impl Files {
     pub fn server(picker: Arc<Picker>, auth: Arc<Authenticator>) -> FilesServiceServer<Files> {
         FilesServiceServer::new(Files { picker, auth })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     /// The caller, from `authorization: Bearer <token>`.
@@ -75,7 +81,14 @@ struct Open<'a> {
     /// Where this stream started writing it.
     from: u64,
     at: u64,
+    /// Bytes received since the last checkpoint.
     since_checkpoint: u64,
+    /// Dedup-aware: bytes taken from the caller's own chunks since the last checkpoint,
+    /// and in all.
+    reused_since_checkpoint: u64,
+    reused: u64,
+    /// Dedup-aware: announced chunks still to come (size, whether the bytes are needed).
+    plan: VecDeque<(u32, bool)>,
     pieces: Gather,
     budget: Budget,
     timing: crate::engine::Timing<'a>,
@@ -90,15 +103,19 @@ impl Open<'_> {
                 .await
                 .map_err(|e| status(ApiError::internal(e)))?;
         }
-        self.app
-            .checkpoint()
-            .await
-            .map_err(|e| status(ApiError::internal(e)))
+        self.app.checkpoint().await.map_err(chunk_error)
     }
 }
 
+/// What a start message leads to.
+enum Started<'a> {
+    Open(Box<Open<'a>>),
+    /// The upload named was complete already: its file.
+    Done(pb::FileInfo),
+}
+
 /// Open (or resume) one file of an Upload stream.
-async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Open<'a>, Status> {
+async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Started<'a>, Status> {
     let budget = Budget::of(p, user).await.map_err(status)?;
     let row = if s.upload_id.is_empty() {
         if s.offset != 0 {
@@ -121,9 +138,22 @@ async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Open
             .await
             .map_err(status)?;
         if tus::is_complete(&row) {
-            return Err(Status::failed_precondition(
-                "this upload is complete; nothing to resume",
-            ));
+            // A client whose stream broke between its end message and the record learns
+            // the record now (no second file).
+            let file = match &row.file_id {
+                Some(id) => p
+                    .meta
+                    .get(id)
+                    .await
+                    .map_err(|e| status(crate::api::db_error(e)))?,
+                None => None,
+            };
+            return match file {
+                Some(f) if f.owner_id == user => Ok(Started::Done(info(&f, f.size))),
+                _ => Err(Status::failed_precondition(
+                    "this upload is complete and its file is gone; nothing to resume",
+                )),
+            };
         }
         if row.concat.is_some() {
             return Err(invalid(
@@ -132,9 +162,10 @@ async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Open
         }
         row
     };
-    let app = p
+    let at = (!s.resume).then_some(s.offset);
+    let (app, at) = p
         .engine
-        .append(tus::session_of(&row).map_err(status)?, s.offset)
+        .append(tus::session_of(&row).map_err(status)?, at, user)
         .await
         .map_err(|e| match e {
             EngineError::Engine(fms_engine::Error::OffsetMismatch { current, .. }) => {
@@ -147,21 +178,24 @@ async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Open
             }
             e => status(tus::engine_error(e)),
         })?;
-    Ok(Open {
+    Ok(Started::Open(Box::new(Open {
         row,
         app,
-        from: s.offset,
-        at: s.offset,
+        from: at,
+        at,
         since_checkpoint: 0,
+        reused_since_checkpoint: 0,
+        reused: 0,
+        plan: VecDeque::new(),
         pieces: Gather::new(crate::api::INGEST_PIECE),
         budget,
         timing: p.write_cost.begin(),
-    })
+    })))
 }
 
-/// The next bytes of the open file, within its limits.
-async fn data(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
-    let next = open.at + bytes.len() as u64;
+/// Whether `n` more bytes fit the open file's limits.
+fn room_for(open: &Open<'_>, n: u64) -> Result<(), Status> {
+    let next = open.at.saturating_add(n);
     if let Some(len) = open.row.length
         && next > len
     {
@@ -175,7 +209,109 @@ async fn data(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, S
     if next > open.budget.room() {
         return Err(status(over_quota(open.budget.quota, open.budget.used)));
     }
-    open.at = next;
+    Ok(())
+}
+
+/// Bytes received from clients by the bulk API (data and chunk messages).
+fn received(p: &Picker, n: usize) {
+    p.grpc_bytes_received
+        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    metrics::counter!("picker_grpc_upload_bytes_received_total").increment(n as u64);
+}
+
+/// Checkpoint if enough arrived since the last one: every 8 MiB received, or every
+/// 64 MiB of the file when most of it is the caller's own chunks (each checkpoint syncs).
+async fn maybe_checkpoint(open: &mut Open<'_>) -> Result<Option<u64>, Status> {
+    if open.since_checkpoint >= tus::CHECKPOINT_EVERY
+        || open.since_checkpoint + open.reused_since_checkpoint >= 8 * tus::CHECKPOINT_EVERY
+    {
+        open.since_checkpoint = 0;
+        open.reused_since_checkpoint = 0;
+        return open.checkpoint().await.map(Some);
+    }
+    Ok(None)
+}
+
+/// Dedup-aware: take the announced chunks at the front that the caller's files hold (the
+/// engine reads them in itself).
+fn take_held(open: &mut Open<'_>) {
+    while let Some(&(len, false)) = open.plan.front() {
+        open.plan.pop_front();
+        open.reused += len as u64;
+        open.reused_since_checkpoint += len as u64;
+    }
+}
+
+/// Dedup-aware: the next chunks of the open file as the client cut them.
+async fn announce(open: &mut Open<'_>, refs: pb::ChunkRefs) -> Result<Vec<bool>, Status> {
+    if refs.refs.is_empty() {
+        return Err(invalid("a chunks message names no chunk"));
+    }
+    let mut chunks = Vec::with_capacity(refs.refs.len());
+    let mut total = 0u64;
+    for r in &refs.refs {
+        let id: [u8; 32] = r.blake3[..]
+            .try_into()
+            .map_err(|_| invalid("a chunk's blake3 must be 32 bytes"))?;
+        chunks.push((fms_engine::ChunkId(id), r.size));
+        total += r.size as u64;
+    }
+    room_for(open, total)?;
+    // Raw bytes gathered so far go in first: the chunks follow them.
+    if let Some(piece) = open.pieces.finish() {
+        open.app
+            .write(piece)
+            .await
+            .map_err(|e| status(ApiError::internal(e)))?;
+    }
+    let needed = open.app.announce(chunks).await.map_err(chunk_error)?;
+    open.at += total;
+    for (r, &n) in refs.refs.iter().zip(&needed) {
+        open.plan.push_back((r.size, n));
+    }
+    take_held(open);
+    Ok(needed)
+}
+
+/// Dedup-aware: the bytes of the next announced chunk that was needed.
+async fn chunk(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
+    match open.plan.front() {
+        Some(&(len, true)) if len as usize == bytes.len() => {}
+        Some(&(len, true)) => {
+            return Err(invalid(format!(
+                "the next chunk was announced with {len} bytes, not {}",
+                bytes.len()
+            )));
+        }
+        _ => return Err(invalid("chunk bytes the server did not ask for")),
+    }
+    open.plan.pop_front();
+    open.since_checkpoint += bytes.len() as u64;
+    open.app.chunk(bytes).await.map_err(chunk_error)?;
+    take_held(open);
+    maybe_checkpoint(open).await
+}
+
+/// An engine error on the dedup-aware path: the client's fault where it is.
+fn chunk_error(e: EngineError) -> Status {
+    match e {
+        EngineError::Engine(e @ fms_engine::Error::BadChunks(_))
+        | EngineError::Engine(e @ fms_engine::Error::ChunkMismatch { .. }) => {
+            invalid(e.to_string())
+        }
+        e => status(ApiError::internal(e)),
+    }
+}
+
+/// The next bytes of the open file, within its limits.
+async fn data(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, Status> {
+    if !open.plan.is_empty() {
+        return Err(invalid(
+            "data while announced chunks are still to come (send them as chunk messages)",
+        ));
+    }
+    room_for(open, bytes.len() as u64)?;
+    open.at += bytes.len() as u64;
     open.since_checkpoint += bytes.len() as u64;
     if let Some(piece) = open.pieces.push(bytes) {
         open.app
@@ -183,15 +319,17 @@ async fn data(open: &mut Open<'_>, bytes: bytes::Bytes) -> Result<Option<u64>, S
             .await
             .map_err(|e| status(ApiError::internal(e)))?;
     }
-    if open.since_checkpoint >= tus::CHECKPOINT_EVERY {
-        open.since_checkpoint = 0;
-        return open.checkpoint().await.map(Some);
-    }
-    Ok(None)
+    maybe_checkpoint(open).await
 }
 
 /// The end of the open file: commit it.
 async fn end(p: &Picker, mut open: Open<'_>, e: pb::UploadEnd) -> Result<pb::FileInfo, Status> {
+    if !open.plan.is_empty() {
+        return Err(invalid(format!(
+            "{} announced chunks were not sent",
+            open.plan.iter().filter(|(_, n)| *n).count()
+        )));
+    }
     let expected = (!e.blake3.is_empty()).then_some(e.blake3.as_str());
     if let Some(want) = expected
         && (want.len() != 64 || !want.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -233,8 +371,9 @@ async fn end(p: &Picker, mut open: Open<'_>, e: pb::UploadEnd) -> Result<pb::Fil
     .map_err(status)?
     .ok_or_else(|| status(ApiError::internal("a bulk upload became a partial upload")))?;
     // Content (partly) in the store already must not commit sooner than new content would
-    // (reliability test 40), as for REST and tus uploads.
-    let bytes = open.at - open.from;
+    // (reliability test 40), as for REST and tus uploads. The caller's own chunks, which it
+    // did not send, are no secret to it: only the bytes received count.
+    let bytes = open.at - open.from - open.reused;
     p.write_cost.observe(bytes, new_bytes, &open.timing);
     if new_bytes < bytes {
         tokio::time::sleep(p.write_cost.pad(bytes, open.timing.elapsed())).await;
@@ -273,19 +412,46 @@ async fn upload_loop(
                     if open.is_some() {
                         return Err(invalid("a file is open: end it before starting another"));
                     }
-                    let o = start(&p, &user, s).await?;
-                    let progress = pb::UploadProgress {
-                        upload_id: o.row.id.clone(),
-                        offset: o.at,
-                    };
-                    open = Some(o);
-                    send(&tx, Out::Progress(progress)).await;
+                    match start(&p, &user, s).await? {
+                        Started::Open(o) => {
+                            let progress = pb::UploadProgress {
+                                upload_id: o.row.id.clone(),
+                                offset: o.at,
+                            };
+                            open = Some(*o);
+                            send(&tx, Out::Progress(progress)).await;
+                        }
+                        Started::Done(file) => {
+                            send(&tx, Out::File(file)).await;
+                        }
+                    }
                 }
                 Some(In::Data(bytes)) => {
+                    received(&p, bytes.len());
                     let o = open
                         .as_mut()
                         .ok_or_else(|| invalid("data before a start message"))?;
                     if let Some(offset) = data(o, bytes).await? {
+                        let progress = pb::UploadProgress {
+                            upload_id: o.row.id.clone(),
+                            offset,
+                        };
+                        send(&tx, Out::Progress(progress)).await;
+                    }
+                }
+                Some(In::Chunks(refs)) => {
+                    let o = open
+                        .as_mut()
+                        .ok_or_else(|| invalid("chunks before a start message"))?;
+                    let send_flags = announce(o, refs).await?;
+                    send(&tx, Out::Needed(pb::ChunksNeeded { send: send_flags })).await;
+                }
+                Some(In::Chunk(bytes)) => {
+                    received(&p, bytes.len());
+                    let o = open
+                        .as_mut()
+                        .ok_or_else(|| invalid("a chunk before a start message"))?;
+                    if let Some(offset) = chunk(o, bytes).await? {
                         let progress = pb::UploadProgress {
                             upload_id: o.row.id.clone(),
                             offset,
@@ -365,6 +531,24 @@ impl FilesService for Files {
         });
         let out = futures_util::stream::once(async move { Ok(head) }).chain(data);
         Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_upload_params(
+        &self,
+        request: Request<pb::GetUploadParamsRequest>,
+    ) -> Result<Response<pb::GetUploadParamsResponse>, Status> {
+        let user = self.user(&request).await?;
+        let budget = Budget::of(&self.picker, &user).await.map_err(status)?;
+        let c = self.picker.engine.store().chunk_params();
+        Ok(Response::new(pb::GetUploadParamsResponse {
+            algorithm: "fastcdc-2020".into(),
+            min_chunk: c.min,
+            avg_chunk: c.avg,
+            max_chunk: c.max,
+            max_announced: fms_engine::MAX_ANNOUNCED as u32,
+            max_message_bytes: MAX_MESSAGE_BYTES as u32,
+            max_file_bytes: budget.max_file,
+        }))
     }
 
     async fn stat(

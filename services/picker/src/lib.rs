@@ -37,6 +37,9 @@ pub struct Picker {
     pub events: events::Publisher,
     /// Background GC passes completed (for tests and metrics).
     pub gc_runs: std::sync::atomic::AtomicU64,
+    /// Bytes the bulk gRPC API received in data and chunk messages (also the metric
+    /// `picker_grpc_upload_bytes_received_total`).
+    pub grpc_bytes_received: std::sync::atomic::AtomicU64,
     /// Quota checks at commit are serialized per user (by hash) in this process, so
     /// concurrent uploads cannot together pass the quota.
     commit_locks: Vec<tokio::sync::Mutex<()>>,
@@ -206,6 +209,7 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         cfg: cfg.picker.clone(),
         events,
         gc_runs: 0.into(),
+        grpc_bytes_received: std::sync::atomic::AtomicU64::new(0),
         commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         write_cost: engine::WriteCost::default(),
     }))

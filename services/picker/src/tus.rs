@@ -493,7 +493,7 @@ async fn create_final(
     let name = parse_metadata(&metadata)?.unwrap_or_else(|| "untitled".to_string());
     let info = p
         .engine
-        .concat(engine_parts.clone())
+        .concat(engine_parts.clone(), user)
         .await
         .map_err(|e| match e {
             EngineError::Engine(fms_engine::Error::NotFound(_)) => tus_error(
@@ -705,9 +705,9 @@ async fn write(
     budget: &mut Budget,
 ) -> Result<u64, ApiError> {
     let session = session_of(row)?;
-    let mut app = p
+    let (mut app, _) = p
         .engine
-        .append(session, offset)
+        .append(session, Some(offset), &row.owner_id)
         .await
         .map_err(engine_error)?;
     let timing = p.write_cost.begin();
@@ -864,7 +864,14 @@ pub(crate) async fn complete(
     expected_blake3: Option<&str>,
     new_bytes: Option<&mut u64>,
 ) -> Result<Option<crate::api::Stored>, ApiError> {
-    let info = app.finish().await.map_err(ApiError::internal)?;
+    let info = app.finish().await.map_err(|e| match e {
+        // A dedup-aware client's chunk that is not what it announced.
+        EngineError::Engine(e @ fms_engine::Error::ChunkMismatch { .. })
+        | EngineError::Engine(e @ fms_engine::Error::BadChunks(_)) => {
+            ApiError::bad_request(e.to_string())
+        }
+        e => ApiError::internal(e),
+    })?;
     if let Some(n) = new_bytes {
         *n = info.new_bytes;
     }

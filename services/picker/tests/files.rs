@@ -55,6 +55,7 @@ fn start(name: &str, size: Option<u64>) -> pb::UploadRequest {
             size,
             upload_id: String::new(),
             offset: 0,
+            resume: false,
         })),
     }
 }
@@ -66,6 +67,7 @@ fn resume(id: &str, offset: u64) -> pb::UploadRequest {
             size: None,
             upload_id: id.into(),
             offset,
+            resume: false,
         })),
     }
 }
@@ -438,4 +440,199 @@ async fn one_gib_round_trip() {
     }
     assert_eq!(n, SIZE);
     assert_eq!(h.finalize().to_hex().to_string(), want);
+}
+
+/// A dedup-aware upload as a client does it: cut with the server's parameters, announce
+/// in batches, send what is asked for. Returns the file, every answer, and the bytes sent.
+async fn dedup_upload(
+    g: &mut FilesServiceClient<Channel>,
+    token: &str,
+    name: &str,
+    data: &[u8],
+) -> (pb::FileInfo, Vec<bool>, u64) {
+    let params = g
+        .get_upload_params(authed(token, pb::GetUploadParamsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(params.algorithm, "fastcdc-2020");
+    let mut chunker = fms_engine::Chunker::new(fms_engine::ChunkParams {
+        min: params.min_chunk,
+        avg: params.avg_chunk,
+        max: params.max_chunk,
+    });
+    let mut chunks: Vec<bytes::Bytes> = Vec::new();
+    let mut emit = |b: bytes::Bytes| -> Result<(), ()> {
+        chunks.push(b);
+        Ok(())
+    };
+    chunker.push(data, &mut emit).unwrap();
+    chunker.finish(&mut emit).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut responses = g
+        .upload(authed(
+            token,
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(start(name, Some(data.len() as u64))).await.unwrap();
+    let mut answers = Vec::new();
+    let mut sent = 0u64;
+    for batch in chunks.chunks(300) {
+        let refs = batch
+            .iter()
+            .map(|c| pb::ChunkRef {
+                blake3: bytes::Bytes::copy_from_slice(blake3::hash(c).as_bytes()),
+                size: c.len() as u32,
+            })
+            .collect();
+        tx.send(pb::UploadRequest {
+            msg: Some(In::Chunks(pb::ChunkRefs { refs })),
+        })
+        .await
+        .unwrap();
+        let need = loop {
+            match responses.message().await.unwrap().unwrap().msg.unwrap() {
+                Out::Needed(n) => break n.send,
+                Out::Progress(_) => {}
+                Out::File(_) => panic!("file before end"),
+            }
+        };
+        assert_eq!(need.len(), batch.len());
+        for (c, &n) in batch.iter().zip(&need) {
+            if n {
+                sent += c.len() as u64;
+                tx.send(pb::UploadRequest {
+                    msg: Some(In::Chunk(c.clone())),
+                })
+                .await
+                .unwrap();
+            }
+        }
+        answers.extend(need);
+    }
+    tx.send(end(blake3::hash(data).to_hex().as_str()))
+        .await
+        .unwrap();
+    let file = loop {
+        if let Out::File(f) = responses.message().await.unwrap().unwrap().msg.unwrap() {
+            break f;
+        }
+    };
+    (file, answers, sent)
+}
+
+/// The dedup-aware upload: a file whose chunks are 90% in the user's own files sends at
+/// most 15% of its bytes (the server's received-bytes counter says so); another user
+/// uploading the same content gets the same answers as for content nobody has, is charged
+/// the same quota and sees the same record; bad chunk messages are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedup_aware_upload_sends_only_missing_chunks_and_reveals_nothing_across_users() {
+    use std::sync::atomic::Ordering;
+    let s = start_with(false, 64 << 20, 0).await;
+    let c = client();
+    let (alice, _) = user(&c, &s.url).await;
+    let (bob, _) = user(&c, &s.url).await;
+    let mut g = grpc(&s).await;
+
+    let original = random(16 << 20, 91);
+    let (first, _, _) = dedup_upload(&mut g, &alice, "v1.bin", &original).await;
+    assert_eq!(first.size, original.len() as u64);
+    // 10% changed in one region.
+    let mut edited = original.clone();
+    let at = 5 << 20;
+    let n = edited.len() / 10;
+    edited[at..at + n].copy_from_slice(&random(n, 92));
+
+    let before = s.picker.grpc_bytes_received.load(Ordering::Relaxed);
+    let (second, answers, sent) = dedup_upload(&mut g, &alice, "v2.bin", &edited).await;
+    let received = s.picker.grpc_bytes_received.load(Ordering::Relaxed) - before;
+    assert_eq!(received, sent);
+    eprintln!(
+        "dedup-aware re-upload, 10% changed: received {received} of {} bytes",
+        edited.len()
+    );
+    assert!(
+        received <= edited.len() as u64 * 15 / 100,
+        "received {received} of {}",
+        edited.len()
+    );
+    assert!(answers.iter().any(|n| !n));
+    assert_eq!(second.blake3, blake3::hash(&edited).to_hex().as_str());
+    let (_, got) = download(&mut g, &alice, &second.id, 0, 0).await.unwrap();
+    assert!(got == edited);
+
+    // Bob: the same content as alice's, and content nobody has, look alike to him.
+    let before = s.picker.grpc_bytes_received.load(Ordering::Relaxed);
+    let (theirs, answers_same, sent_same) = dedup_upload(&mut g, &bob, "v2.bin", &edited).await;
+    let fresh = random(edited.len(), 93);
+    let (mine, answers_fresh, sent_fresh) = dedup_upload(&mut g, &bob, "new.bin", &fresh).await;
+    assert!(answers_same.iter().all(|n| *n), "every chunk asked for");
+    assert!(answers_fresh.iter().all(|n| *n));
+    assert_eq!(sent_same, edited.len() as u64);
+    assert_eq!(sent_fresh, fresh.len() as u64);
+    assert_eq!(
+        s.picker.grpc_bytes_received.load(Ordering::Relaxed) - before,
+        sent_same + sent_fresh
+    );
+    assert_eq!(theirs.new_bytes, theirs.size, "charged and shown as new");
+    assert_eq!(mine.new_bytes, mine.size);
+    let (_, got) = download(&mut g, &bob, &theirs.id, 0, 0).await.unwrap();
+    assert!(got == edited);
+
+    // Once alice deletes her files, her own chunks are no longer offered back to her.
+    for id in [&first.id, &second.id] {
+        g.delete(authed(
+            &alice,
+            pb::DeleteRequest {
+                file_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    let (_, answers, _) = dedup_upload(&mut g, &alice, "v3.bin", &edited).await;
+    assert!(answers.iter().all(|n| *n));
+
+    // Bad input: a short id, bytes nobody asked for, bytes that are not the chunk.
+    let bad_id = vec![
+        start("x", None),
+        pb::UploadRequest {
+            msg: Some(In::Chunks(pb::ChunkRefs {
+                refs: vec![pb::ChunkRef {
+                    blake3: bytes::Bytes::from(vec![1u8; 31]),
+                    size: 10,
+                }],
+            })),
+        },
+    ];
+    let (_, e) = upload(&mut g, &alice, bad_id).await;
+    assert_eq!(e.unwrap().code(), Code::InvalidArgument);
+    let unasked = vec![
+        start("x", None),
+        pb::UploadRequest {
+            msg: Some(In::Chunk(bytes::Bytes::from_static(b"abc"))),
+        },
+    ];
+    let (_, e) = upload(&mut g, &alice, unasked).await;
+    assert_eq!(e.unwrap().code(), Code::InvalidArgument);
+    let lying = vec![
+        start("x", None),
+        pb::UploadRequest {
+            msg: Some(In::Chunks(pb::ChunkRefs {
+                refs: vec![pb::ChunkRef {
+                    blake3: bytes::Bytes::copy_from_slice(blake3::hash(b"abc").as_bytes()),
+                    size: 3,
+                }],
+            })),
+        },
+        pb::UploadRequest {
+            msg: Some(In::Chunk(bytes::Bytes::from_static(b"abd"))),
+        },
+        end(""),
+    ];
+    let (_, e) = upload(&mut g, &alice, lying).await;
+    assert_eq!(e.unwrap().code(), Code::InvalidArgument);
 }
