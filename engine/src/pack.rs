@@ -220,7 +220,13 @@ struct Active {
     id: u32,
     file: Arc<File>,
     len: u64,
+    /// Where the bytes whose writeback has not been started yet begin.
+    unstarted: u64,
 }
+
+/// Appended bytes after which their writeback to disk is started (not waited for), so the
+/// sync that makes them durable finds most of them written already.
+const START_WRITEBACK: u64 = 1 << 20;
 
 /// Packs as files `packs/NNNNNNNN.pack` on a local volume.
 pub struct LocalPacks {
@@ -350,6 +356,7 @@ impl LocalPacks {
             id,
             file,
             len: end.valid_len,
+            unstarted: end.valid_len,
         })
     }
 
@@ -364,6 +371,7 @@ impl LocalPacks {
             id,
             file,
             len: PACK_HEADER_LEN,
+            unstarted: PACK_HEADER_LEN,
         })
     }
 
@@ -483,6 +491,14 @@ impl PackStore for LocalPacks {
         match self.io.write_all_at(&active.file, active.len, &bufs) {
             Ok(()) => {
                 active.len = at;
+                if at - active.unstarted >= START_WRITEBACK {
+                    crate::io::start_writeback(
+                        &active.file,
+                        active.unstarted,
+                        at - active.unstarted,
+                    );
+                    active.unstarted = at;
+                }
                 crate::failpoint::hit("pack.after_append");
                 Ok(locs)
             }

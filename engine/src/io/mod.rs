@@ -12,6 +12,8 @@ mod std_io;
 mod uring;
 
 pub use std_io::StdIo;
+mod writeback;
+pub use writeback::start_writeback;
 
 /// Which I/O back end to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

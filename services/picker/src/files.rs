@@ -374,7 +374,11 @@ async fn end(p: &Picker, mut open: Open<'_>, e: pb::UploadEnd) -> Result<pb::Fil
     // (reliability test 40), as for REST and tus uploads. The caller's own chunks, which it
     // did not send, are no secret to it: only the bytes received count.
     let bytes = open.at - open.from - open.reused;
-    p.write_cost.observe(bytes, new_bytes, &open.timing);
+    // An upload that reused the caller's chunks took time for bytes it did not receive (they
+    // were read back): it would teach a wrong cost per byte.
+    if open.reused == 0 {
+        p.write_cost.observe(bytes, new_bytes, &open.timing);
+    }
     if new_bytes < bytes {
         tokio::time::sleep(p.write_cost.pad(bytes, open.timing.elapsed())).await;
     }
