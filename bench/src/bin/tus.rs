@@ -243,6 +243,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 upload_id: String::new(),
                 offset: 0,
                 resume: false,
+                folder: String::new(),
             })),
         }];
         msgs.extend((0..d.len()).step_by(1 << 20).map(|i| pb::UploadRequest {

@@ -256,14 +256,21 @@ struct Item {
     /// Journal key: the canonical path.
     key: String,
     name: String,
+    /// Where it goes on the server: for a file found in a directory named on the command
+    /// line, that directory's name and the path below it (`photos/2024`); else empty.
+    folder: String,
     size: u64,
     mtime_ns: u128,
 }
 
 fn collect(paths: &[PathBuf]) -> Result<Vec<Item>> {
     let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = paths.to_vec();
-    while let Some(p) = stack.pop() {
+    // (path, folder it goes to)
+    let mut stack: Vec<(PathBuf, String)> = Vec::new();
+    for p in paths.iter().rev() {
+        stack.push((p.clone(), String::new()));
+    }
+    while let Some((p, folder)) = stack.pop() {
         let meta =
             std::fs::symlink_metadata(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
         if meta.is_dir() {
@@ -272,7 +279,18 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Item>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .collect();
             entries.sort();
-            stack.extend(entries.into_iter().rev());
+            // A directory named on the command line keeps its own name as the top folder
+            // (like `cp -r dir dest`); `.`, `..` and `/` have none.
+            let own = std::fs::canonicalize(&p)
+                .ok()
+                .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let below = match (folder.is_empty(), own.is_empty()) {
+                (true, _) => own,
+                (false, true) => folder.clone(),
+                (false, false) => format!("{folder}/{own}"),
+            };
+            stack.extend(entries.into_iter().rev().map(|e| (e, below.clone())));
         } else if meta.is_file() {
             let canonical =
                 std::fs::canonicalize(&p).map_err(|e| err(format!("{}: {e}", p.display())))?;
@@ -290,6 +308,7 @@ fn collect(paths: &[PathBuf]) -> Result<Vec<Item>> {
                 key: canonical.to_string_lossy().into_owned(),
                 path: p,
                 name,
+                folder: folder.clone(),
                 size: meta.len(),
                 mtime_ns,
             });
@@ -670,6 +689,7 @@ impl Worker {
                 upload_id: id.to_string(),
                 offset: 0,
                 resume: true,
+                folder: String::new(),
             },
             None => pb::UploadStart {
                 name: item.name.clone(),
@@ -677,6 +697,7 @@ impl Worker {
                 upload_id: String::new(),
                 offset: 0,
                 resume: false,
+                folder: item.folder.clone(),
             },
         };
         s.send(In::Start(start)).await?;
@@ -998,22 +1019,25 @@ pub async fn pull(ids: &[String], opts: PullOptions) -> Result<()> {
 
 /// Where a pulled file goes: its name, or `name (id)` when another file took the name.
 fn target(dir: &Path, f: &pb::FileInfo) -> PathBuf {
-    let safe: String = f
-        .name
-        .chars()
-        .map(|c| {
-            if c == '/' || c == '\\' || c.is_control() {
-                '_'
-            } else {
-                c
-            }
-        })
-        .collect();
-    let safe = if safe.is_empty() || safe == "." || safe == ".." {
-        format!("file-{}", f.id)
-    } else {
-        safe
+    // The server checks names and folders; a file name here never leaves `dir` anyway.
+    let clean = |s: &str| -> Option<String> {
+        let c: String = s
+            .chars()
+            .map(|c| {
+                if c == '/' || c == '\\' || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        (!c.is_empty() && c != "." && c != "..").then_some(c)
     };
+    let mut dir = dir.to_path_buf();
+    for part in f.folder.split('/').filter_map(clean) {
+        dir.push(part);
+    }
+    let safe = clean(&f.name).unwrap_or_else(|| format!("file-{}", f.id));
     let plain = dir.join(&safe);
     match std::fs::metadata(&plain) {
         Err(_) => plain,
@@ -1041,6 +1065,9 @@ async fn pull_one(
     bar: Option<&ProgressBar>,
 ) -> Result<()> {
     let dest = target(dir, f);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| err(format!("{}: {e}", parent.display())))?;
+    }
     if dest.exists() {
         done.fetch_add(f.size, Ordering::Relaxed);
         if let Some(b) = bar {

@@ -1446,27 +1446,30 @@ async fn fms_push_of_a_tree_is_interrupted_and_resumed() {
     assert_eq!(again["skipped"], 2003);
     assert_eq!(again["bytes_sent"], 0);
 
-    // Pull the large files and a few small ones back.
+    // Pull everything back: the tree comes back as it was (folders kept), byte for byte.
     let back = work.path().join("back");
     let back_s = back.to_string_lossy().to_string();
-    let mut want = Vec::new();
-    let mut ids = Vec::new();
-    for (path, id) in files {
-        if path.contains("/big/") || path.ends_with("/f5.dat") || path.ends_with("/f10.dat") {
-            want.push(std::path::PathBuf::from(path));
-            ids.push(id.as_str().unwrap().to_string());
-        }
-    }
-    let mut pull = vec!["pull", "--to", &back_s];
-    pull.extend(ids.iter().map(String::as_str));
-    let out = fms(&pull).output().unwrap();
+    let out = fms(&["pull", "--to", &back_s]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for path in want {
-        let got = std::fs::read(back.join(path.file_name().unwrap())).unwrap();
-        assert!(got == std::fs::read(&path).unwrap(), "{}", path.display());
+    for path in files.keys() {
+        let rel = std::path::Path::new(path)
+            .strip_prefix(work.path())
+            .unwrap();
+        let got = std::fs::read(back.join(rel)).unwrap_or_else(|e| panic!("{rel:?}: {e}"));
+        assert!(got == std::fs::read(path).unwrap(), "{}", rel.display());
     }
+    // One file by id, into another directory.
+    let (path, id) = files.iter().find(|(p, _)| p.ends_with("/f5.dat")).unwrap();
+    let one = work.path().join("one");
+    let one_s = one.to_string_lossy().to_string();
+    let out = fms(&["pull", "--to", &one_s, id.as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let got = std::fs::read(one.join("tree/small-05/f5.dat")).unwrap();
+    assert!(got == std::fs::read(path).unwrap());
 }

@@ -117,6 +117,30 @@ pub fn check_name(name: &str) -> Result<&str, ApiError> {
     Ok(name)
 }
 
+/// Longest folder path, bytes.
+pub const MAX_FOLDER_LEN: usize = 1024;
+/// Deepest folder path, names.
+pub const MAX_FOLDER_DEPTH: usize = 32;
+
+/// A folder: names (each a valid file name) joined by `/`; leading and trailing `/` and
+/// empty segments are dropped, so `/a//b/` is `a/b`; `""` is the top.
+pub fn check_folder(folder: &str) -> Result<String, ApiError> {
+    let bad = |why: String| Err(ApiError::bad_request(format!("invalid folder: {why}")));
+    if folder.len() > MAX_FOLDER_LEN {
+        return bad(format!("longer than {MAX_FOLDER_LEN} bytes"));
+    }
+    let parts: Vec<&str> = folder.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.len() > MAX_FOLDER_DEPTH {
+        return bad(format!("deeper than {MAX_FOLDER_DEPTH} names"));
+    }
+    for p in &parts {
+        if let Err(e) = check_name(p) {
+            return bad(format!("{p:?}: {}", e.message));
+        }
+    }
+    Ok(parts.join("/"))
+}
+
 /// The `filename` of a `Content-Disposition` header (`filename*=UTF-8''...` preferred).
 fn disposition_name(value: &str) -> Option<String> {
     let mut plain = None;
@@ -210,6 +234,7 @@ pub(crate) fn file_json(f: &FileRow, rights: Rights) -> Value {
     json!({
         "id": f.id,
         "name": f.name,
+        "folder": f.folder,
         "size": f.size,
         "content_type": f.content_type,
         "content_hash": f.content_hash,
@@ -369,7 +394,17 @@ where
             "the content's BLAKE3 is {hash}, not the expected {want}"
         )));
     }
-    commit_stored(p, user, name, info, hash, &head, Some(&timing), budget).await
+    commit_stored(
+        p,
+        user,
+        (name, String::new()),
+        info,
+        hash,
+        &head,
+        Some(&timing),
+        budget,
+    )
+    .await
 }
 
 /// Make a file the engine holds `user`'s: quota checked under the user's commit lock, the
@@ -380,7 +415,7 @@ where
 pub(crate) async fn commit_stored(
     p: &Picker,
     user: &str,
-    name: String,
+    (name, folder): (String, String),
     info: fms_engine::FileInfo,
     hash: String,
     head: &[u8],
@@ -413,6 +448,7 @@ pub(crate) async fn commit_stored(
         engine_id: info.id.to_string(),
         created_at: now,
         updated_at: now,
+        folder,
     };
     // The quota again, against what is committed now (other uploads of this user may have
     // finished meanwhile), under the user's commit lock: concurrent uploads cannot together

@@ -122,6 +122,7 @@ async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Star
             return Err(invalid("a new upload starts at offset 0"));
         }
         let name = check_name(&s.name).map_err(status)?.to_string();
+        let folder = crate::api::check_folder(&s.folder).map_err(status)?;
         if let Some(n) = s.size {
             if n > budget.max_file {
                 return Err(status(too_large(budget.max_file)));
@@ -130,7 +131,8 @@ async fn start<'a>(p: &'a Picker, user: &str, s: pb::UploadStart) -> Result<Star
                 return Err(status(over_quota(budget.quota, budget.used)));
             }
         }
-        tus::new_upload(p, user, name, s.size, String::new(), None)
+        let metadata = tus::metadata_for(&name, &folder);
+        tus::new_upload(p, user, name, s.size, metadata, None)
             .await
             .map_err(status)?
     } else {

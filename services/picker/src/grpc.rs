@@ -78,6 +78,7 @@ pub(crate) fn info(row: &FileRow, new_bytes: u64) -> pb::FileInfo {
             nanos: (row.created_at.rem_euclid(1000) * 1_000_000) as i32,
         }),
         new_bytes,
+        folder: row.folder.clone(),
     }
 }
 

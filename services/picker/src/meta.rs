@@ -17,6 +17,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("../migrations/0003_uploads.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../migrations/0004_folders.sql"),
+    },
 ];
 
 /// A resumable upload (tus).
@@ -73,6 +77,8 @@ pub struct FileRow {
     pub engine_id: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Relative path of names it was uploaded under ('' = the top); see `api::check_folder`.
+    pub folder: String,
 }
 
 impl FileRow {
@@ -84,8 +90,8 @@ impl FileRow {
     }
 }
 
-const COLUMNS: &str =
-    "id, owner_id, name, size, content_type, content_hash, engine_id, created_at, updated_at";
+const COLUMNS: &str = "id, owner_id, name, size, content_type, content_hash, engine_id, created_at, updated_at, \
+     folder";
 
 fn row(r: sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
     Ok(FileRow {
@@ -98,6 +104,7 @@ fn row(r: sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
         engine_id: r.try_get(6)?,
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,
+        folder: r.try_get(9)?,
     })
 }
 
@@ -115,7 +122,7 @@ impl Meta {
     pub async fn insert(&self, f: &FileRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO files (id, owner_id, name, size, content_type, content_hash, engine_id,
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 created_at, updated_at, folder) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&f.id)
         .bind(&f.owner_id)
@@ -126,6 +133,7 @@ impl Meta {
         .bind(&f.engine_id)
         .bind(f.created_at)
         .bind(f.updated_at)
+        .bind(&f.folder)
         .execute(&self.db.pool)
         .await?;
         Ok(())

@@ -15,6 +15,9 @@ pub struct FileRecord {
     /// UUIDv7; id order is creation order.
     id: String,
     name: String,
+    /// Folder it was uploaded under: names joined by `/` (tus `relativePath` metadata, the
+    /// bulk API's `folder`); `""` is the top.
+    folder: String,
     size: u64,
     /// Sniffed from the bytes; what the client said is ignored.
     content_type: String,

@@ -174,6 +174,44 @@ fn parse_metadata(raw: &str) -> Result<Option<String>, ApiError> {
     Ok(name.or(fallback))
 }
 
+/// The folder named by `relativePath` metadata (as Uppy sends for files from a dropped
+/// folder: `folder/sub/name.jpg`): its path without the last name, checked; `""` without.
+pub(crate) fn folder_of(raw: &str) -> Result<String, ApiError> {
+    for pair in raw.split(',').map(str::trim) {
+        let mut it = pair.splitn(2, ' ');
+        if it.next() != Some("relativePath") {
+            continue;
+        }
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(it.next().map(str::trim).unwrap_or(""))
+            .map_err(|_| {
+                ApiError::bad_request("Upload-Metadata relativePath is not valid base64")
+            })?;
+        let path = String::from_utf8(decoded)
+            .map_err(|_| ApiError::bad_request("Upload-Metadata relativePath is not UTF-8"))?;
+        let dir = path
+            .trim_end_matches('/')
+            .rsplit_once('/')
+            .map_or("", |(d, _)| d);
+        return crate::api::check_folder(dir);
+    }
+    Ok(String::new())
+}
+
+/// Upload-Metadata for an upload named `name` in `folder` (how the bulk API records it).
+pub(crate) fn metadata_for(name: &str, folder: &str) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    if folder.is_empty() {
+        format!("filename {}", b64(name))
+    } else {
+        format!(
+            "filename {},relativePath {}",
+            b64(name),
+            b64(&format!("{folder}/{name}"))
+        )
+    }
+}
+
 /// `Upload-Checksum: <algorithm> <base64 digest>`.
 enum Checksum {
     Sha1(sha1::Sha1, Vec<u8>),
@@ -355,6 +393,7 @@ async fn create(
         .transpose()?
         .unwrap_or_default();
     let name = parse_metadata(&metadata)?.unwrap_or_else(|| "untitled".to_string());
+    folder_of(&metadata)?;
     let with_body = is_octets(&h);
     if !with_body && number(&h, "content-length")?.unwrap_or(0) > 0 {
         return Err(tus_error(
@@ -491,6 +530,7 @@ async fn create_final(
         .unwrap_or("")
         .to_string();
     let name = parse_metadata(&metadata)?.unwrap_or_else(|| "untitled".to_string());
+    let folder = folder_of(&metadata)?;
     let info = p
         .engine
         .concat(engine_parts.clone(), user)
@@ -505,7 +545,17 @@ async fn create_final(
         })?;
     let hash = hex::encode(info.meta.hash);
     let head = head_of(p, &info).await;
-    let stored = commit_stored(p, user, name.clone(), info, hash, &head, None, &mut budget).await?;
+    let stored = commit_stored(
+        p,
+        user,
+        (name.clone(), folder),
+        info,
+        hash,
+        &head,
+        None,
+        &mut budget,
+    )
+    .await?;
     let now = now_ms();
     let row = UploadRow {
         id: uuid::Uuid::now_v7().simple().to_string(),
@@ -896,7 +946,10 @@ pub(crate) async fn complete(
     let stored = commit_stored(
         p,
         &row.owner_id,
-        row.name.clone(),
+        (
+            row.name.clone(),
+            folder_of(&row.metadata).unwrap_or_default(),
+        ),
         info,
         hash,
         &head,

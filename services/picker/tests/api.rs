@@ -1853,6 +1853,7 @@ async fn reconciliation_removes_what_crashes_leave_behind() {
         engine_id: hidden_engine.to_string(),
         created_at: 0,
         updated_at: 0,
+        folder: String::new(),
     };
     s.picker.meta.insert(&row).await.unwrap();
     // A grace longer than any of them: nothing happens (uploads in flight are safe).

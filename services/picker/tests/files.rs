@@ -56,6 +56,7 @@ fn start(name: &str, size: Option<u64>) -> pb::UploadRequest {
             upload_id: String::new(),
             offset: 0,
             resume: false,
+            folder: String::new(),
         })),
     }
 }
@@ -68,6 +69,7 @@ fn resume(id: &str, offset: u64) -> pb::UploadRequest {
             upload_id: id.into(),
             offset,
             resume: false,
+            folder: String::new(),
         })),
     }
 }

@@ -254,6 +254,11 @@ async fn conformance(postgres: bool) {
         format!("filename {}", b64(b"nul\0byte")),
         "filename not-base64!".to_string(),
         format!("filename {},filename {}", b64(b"a"), b64(b"b")),
+        // Folders (Uppy's relativePath) are names too.
+        format!("relativePath {}", b64(b"../up/a.txt")),
+        format!("relativePath {}", b64(b"a/./b/c.txt")),
+        format!("relativePath {}", b64(b"a\nb/c.txt")),
+        format!("relativePath {}", b64("d/".repeat(40).as_bytes())),
     ] {
         let r = t
             .req(Method::POST, "/api/uploads")
@@ -466,7 +471,14 @@ async fn conformance(postgres: bool) {
     let r = t
         .req(Method::POST, "/api/uploads")
         .header("upload-length", (w.len() + 5).to_string())
-        .header("upload-metadata", format!("filename {}", b64(b"with.bin")))
+        .header(
+            "upload-metadata",
+            format!(
+                "filename {},relativePath {}",
+                b64(b"with.bin"),
+                b64(b"/photos//2024/with.bin")
+            ),
+        )
         .header("content-type", OCTETS)
         .body(w.clone())
         .send()
@@ -481,6 +493,11 @@ async fn conformance(postgres: bool) {
     );
     let f = file_named(&t, "with.bin").await.unwrap();
     assert_eq!(f["size"], w.len() + 5);
+    assert_eq!(
+        f["folder"], "photos/2024",
+        "relativePath kept as the folder"
+    );
+    assert_eq!(file_named(&t, "empty.txt").await.unwrap()["folder"], "");
 
     // Termination.
     let loc = t.create(Some(1000), "gone.bin").await;
