@@ -634,6 +634,14 @@ impl Worker {
                         let _ = self.done.send((item.path.display().to_string(), file_id));
                         break;
                     }
+                    Err(e) if upload_id.is_some() && e.0.starts_with("NotFound") => {
+                        // The upload of an earlier run expired or was removed: start over.
+                        stream = None;
+                        upload_id = None;
+                        self.totals
+                            .done
+                            .fetch_sub(self.counted.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
                     Err(e) => {
                         stream = None;
                         // What this attempt counted is counted again by the next.
