@@ -229,6 +229,24 @@ impl SessionHeader {
     }
 }
 
+/// Marks a session whose held chunks are listed as member keys (sessions created before
+/// member keys existed have none and are handled from their segments).
+pub(crate) fn session_marker_key(id: SessionId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..16].copy_from_slice(&id.0);
+    k[16] = 0xFE;
+    k
+}
+
+/// "The session holds a reference to this chunk" (one key per distinct chunk).
+pub(crate) fn session_member_key(id: SessionId, chunk: &ChunkId) -> [u8; 49] {
+    let mut k = [0u8; 49];
+    k[..16].copy_from_slice(&id.0);
+    k[16] = 0xFF;
+    k[17..].copy_from_slice(&chunk.0);
+    k
+}
+
 pub(crate) fn session_segment_key(id: SessionId, seg: u32) -> [u8; 20] {
     let mut k = [0u8; 20];
     k[..16].copy_from_slice(&id.0);
@@ -372,6 +390,52 @@ impl Index {
             return Err(bad(format!("session {id}"), "chunk count"));
         }
         Ok(Some((header, entries)))
+    }
+
+    /// A session's header alone (its chunk list is not read).
+    pub(crate) fn session_header(&self, id: &SessionId) -> Result<Option<SessionHeader>> {
+        match self.db.get_pinned_cf(self.cf(CF_SESSIONS)?, id.0)? {
+            None => Ok(None),
+            Some(v) => SessionHeader::decode(&v)
+                .map(Some)
+                .ok_or_else(|| bad(format!("session {id}"), "session")),
+        }
+    }
+
+    /// Whether the session lists its held chunks as member keys.
+    pub(crate) fn session_has_members(&self, id: &SessionId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_SESSIONS)?, session_marker_key(*id))?
+            .is_some())
+    }
+
+    pub(crate) fn session_member(&self, id: &SessionId, chunk: &ChunkId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_SESSIONS)?, session_member_key(*id, chunk))?
+            .is_some())
+    }
+
+    /// Every chunk the session holds, from its member keys.
+    pub(crate) fn session_members(&self, id: &SessionId) -> Result<Vec<ChunkId>> {
+        let mut prefix = [0u8; 17];
+        prefix[..16].copy_from_slice(&id.0);
+        prefix[16] = 0xFF;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_SESSIONS)?,
+            IteratorMode::From(&prefix, Direction::Forward),
+        ) {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let c = <[u8; 32]>::try_from(k.get(17..).unwrap_or_default())
+                .map_err(|_| bad(format!("session {id}"), "member key"))?;
+            out.push(ChunkId(c));
+        }
+        Ok(out)
     }
 
     /// Every key/value of a column family, in key order.

@@ -13,7 +13,8 @@ use crate::chunker::Chunker;
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId, SessionId, now_ms};
 use crate::index::{
-    self, CF_SESSIONS, FileMeta, ManifestEntry, SessionHeader, session_segment_key,
+    self, CF_SESSIONS, FileMeta, ManifestEntry, SessionHeader, session_marker_key,
+    session_member_key, session_segment_key,
 };
 use crate::read::read_chunk;
 use crate::scope::Scope;
@@ -40,8 +41,11 @@ pub struct SessionWriter {
     inner: Arc<Inner>,
     id: SessionId,
     header: SessionHeader,
-    /// Chunks committed to the session (distinct), for refcount bookkeeping.
+    /// Chunks known to be held by the session (distinct), for refcount bookkeeping: all of
+    /// them for a session without member keys, else those this writer checked or added.
     held: HashSet<ChunkId>,
+    /// The session lists its chunks as member keys (looked up one by one, never loaded).
+    members: bool,
     pipeline: Option<Pipeline>,
     guard: WriterGuard,
     /// Bytes written through this writer past `header.offset` not yet checkpointed.
@@ -81,7 +85,9 @@ impl Store {
             tail: Vec::new(),
         };
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.inner.index.cf(CF_SESSIONS)?, id.0, header.encode());
+        let cf = self.inner.index.cf(CF_SESSIONS)?;
+        wb.put_cf(cf, id.0, header.encode());
+        wb.put_cf(cf, session_marker_key(id), []);
         self.inner.index.write_sync(wb)?;
         Ok(SessionInfo {
             id,
@@ -93,10 +99,10 @@ impl Store {
 
     /// A session's acknowledged offset and expiry. Expired sessions are reported as not found.
     pub fn session(&self, id: SessionId) -> Result<SessionInfo> {
-        let (h, _) = self
+        let h = self
             .inner
             .index
-            .session(&id)?
+            .session_header(&id)?
             .ok_or(Error::SessionNotFound(id))?;
         if h.expires_ms <= now_ms() {
             return Err(Error::SessionNotFound(id));
@@ -152,10 +158,12 @@ impl Store {
         offset: u64,
         hasher: Option<(u64, blake3::Hasher)>,
     ) -> Result<SessionWriter> {
-        let (header, entries) = self
+        // Only the header: opening costs the same at any size (the chunk list is read once,
+        // at the finish).
+        let header = self
             .inner
             .index
-            .session(&id)?
+            .session_header(&id)?
             .ok_or(Error::SessionNotFound(id))?;
         if header.expires_ms <= now_ms() {
             return Err(Error::SessionNotFound(id));
@@ -173,7 +181,17 @@ impl Store {
             _ => (None, false),
         };
         let guard = WriterGuard::new(&self.inner)?;
-        let held: HashSet<ChunkId> = entries.iter().map(|e| e.id).collect();
+        let members = self.inner.index.session_has_members(&id)?;
+        let held: HashSet<ChunkId> = if members {
+            HashSet::new()
+        } else {
+            let (_, entries) = self
+                .inner
+                .index
+                .session(&id)?
+                .ok_or(Error::SessionNotFound(id))?;
+            entries.iter().map(|e| e.id).collect()
+        };
         let chunker = Chunker::with_tail(self.inner.params, &header.tail);
         let pipeline = Pipeline::new(&self.inner, chunker, hasher, held.clone())?;
         Ok(SessionWriter {
@@ -181,6 +199,7 @@ impl Store {
             id,
             header,
             held,
+            members,
             pipeline: Some(pipeline),
             guard,
             unacked: 0,
@@ -237,10 +256,15 @@ impl Inner {
         let mut wb = WriteBatch::default();
         let cf = self.index.cf(CF_SESSIONS)?;
         wb.delete_cf(cf, id.0);
+        wb.delete_cf(cf, session_marker_key(id));
         for seg in 0..header.segments {
             wb.delete_cf(cf, session_segment_key(id, seg));
         }
-        let deltas = distinct(&entries).into_iter().map(|c| (c, -1)).collect();
+        let held = distinct(&entries);
+        for c in &held {
+            wb.delete_cf(cf, session_member_key(id, c));
+        }
+        let deltas = held.into_iter().map(|c| (c, -1)).collect();
         self.apply_refs(&mut wb, &deltas, &HashMap::new())?;
         self.index.write_sync(wb)
     }
@@ -417,14 +441,22 @@ impl SessionWriter {
         next.tail = tail;
         let mut deltas = HashMap::new();
         let mut newly_held = Vec::new();
-        for e in &flushed.entries {
-            if !self.held.contains(&e.id) && !newly_held.contains(&e.id) {
-                newly_held.push(e.id);
-                deltas.insert(e.id, 1i64);
-            }
-        }
         let mut wb = WriteBatch::default();
         let cf = inner.index.cf(CF_SESSIONS)?;
+        for e in &flushed.entries {
+            if self.held.contains(&e.id) || deltas.contains_key(&e.id) {
+                continue;
+            }
+            if self.members && inner.index.session_member(&self.id, &e.id)? {
+                self.held.insert(e.id);
+                continue;
+            }
+            newly_held.push(e.id);
+            deltas.insert(e.id, 1i64);
+            if self.members {
+                wb.put_cf(cf, session_member_key(self.id, &e.id), []);
+            }
+        }
         if !flushed.entries.is_empty() {
             let mut seg = Vec::new();
             index::encode_entries(&flushed.entries, &mut seg);
@@ -489,14 +521,22 @@ impl SessionWriter {
             scope: self.scope,
         };
         inner.write_manifest_record(&f, &mut packs)?;
-        let carried: Vec<ChunkId> = self.held.iter().copied().collect();
+        let carried: Vec<ChunkId> = if self.members {
+            inner.index.session_members(&self.id)?
+        } else {
+            self.held.iter().copied().collect()
+        };
         let sid = self.id;
         let segments = self.header.segments;
         inner.commit_file(&f, &flushed.new_locs, &carried, |wb| {
             let cf = inner.index.cf(CF_SESSIONS)?;
             wb.delete_cf(cf, sid.0);
+            wb.delete_cf(cf, session_marker_key(sid));
             for seg in 0..segments {
                 wb.delete_cf(cf, session_segment_key(sid, seg));
+            }
+            for c in &carried {
+                wb.delete_cf(cf, session_member_key(sid, c));
             }
             Ok(())
         })?;

@@ -239,6 +239,15 @@ impl Store {
         for sid in self.session_ids()? {
             rep.sessions += 1;
             if let Some((_, m)) = inner.index.session(&sid)? {
+                if inner.index.session_has_members(&sid)? {
+                    let mut members = inner.index.session_members(&sid)?;
+                    members.sort_unstable();
+                    if members != distinct(&m) {
+                        rep.problems.push(format!(
+                            "upload session {sid}: member keys differ from its chunk list"
+                        ));
+                    }
+                }
                 for c in distinct(&m) {
                     *tally.entry(c).or_default() += 1;
                     if bad_chunks.contains(&c) || !entries.contains_key(&c) {
