@@ -128,6 +128,12 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         streams: usize,
     },
+    /// Run the notification service alone (WebSocket `/ws`, gRPC `Publish`), with auth
+    /// found by address (`auth.jwks_url`).
+    Notification {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -216,12 +222,14 @@ fn main() -> ExitCode {
     if let Command::Serve { listen }
     | Command::Auth { listen }
     | Command::Permission { listen }
-    | Command::Picker { listen } = &cli.command
+    | Command::Picker { listen }
+    | Command::Notification { listen } = &cli.command
     {
         let role = match cli.command {
             Command::Serve { .. } => server::Role::All,
             Command::Permission { .. } => server::Role::Permission,
             Command::Picker { .. } => server::Role::Picker,
+            Command::Notification { .. } => server::Role::Notification,
             _ => server::Role::Auth,
         };
         let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
@@ -549,6 +557,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Auth { .. }
         | Command::Permission { .. }
         | Command::Picker { .. }
+        | Command::Notification { .. }
         | Command::Login { .. }
         | Command::Push { .. }
         | Command::Pull { .. } => {}

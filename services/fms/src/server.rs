@@ -20,6 +20,8 @@ pub enum Role {
     Permission,
     /// The picker alone: `fms picker` (auth and permission found by address).
     Picker,
+    /// The notification service alone: `fms notification` (auth found by address).
+    Notification,
 }
 
 impl Role {
@@ -29,8 +31,11 @@ impl Role {
     fn runs_permission(self) -> bool {
         matches!(self, Role::All | Role::Permission)
     }
+    fn runs_notification(self) -> bool {
+        matches!(self, Role::All | Role::Notification)
+    }
     fn has_grpc(self) -> bool {
-        self.runs_permission() || self == Role::Picker
+        self.runs_permission() || matches!(self, Role::Picker | Role::Notification)
     }
 }
 
@@ -40,6 +45,21 @@ where
     Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     Arc::new(move || Box::pin(f()))
+}
+
+/// A service alone verifies tokens against the auth service's JWKS.
+async fn remote_authenticator(
+    cfg: &Config,
+    shared: Shared,
+) -> Result<Arc<fms_auth::verify::Authenticator>, String> {
+    if cfg.auth.jwks_url.is_empty() {
+        return Err("this service needs auth.jwks_url (FMS_AUTH__JWKS_URL): where the auth service publishes its keys".into());
+    }
+    let expect = fms_auth::tokens::Expect {
+        issuer: cfg.auth.issuer.clone(),
+        audience: cfg.auth.audience.clone(),
+    };
+    fms_auth::verify::Authenticator::remote(expect, &cfg.auth.jwks_url, shared).await
 }
 
 /// A split deployment's picker: tokens verified against the auth service's JWKS, access
@@ -83,6 +103,7 @@ pub fn run(cfg: Config, role: Role) -> Result<(), String> {
         Role::Auth => "fms-auth",
         Role::Permission => "fms-permission",
         Role::Picker => "fms-picker",
+        Role::Notification => "fms-notification",
     };
     fms_platform::logging::init(service_name, &cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,8 +113,22 @@ pub fn run(cfg: Config, role: Role) -> Result<(), String> {
     rt.block_on(serve(cfg, role, service_name))
 }
 
-async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String> {
+async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), String> {
     let stop = http::shutdown_on_signals();
+    // The gRPC listener is bound first: in `fms serve` the picker publishes its events to
+    // the notification service on it, as it would to another process.
+    let grpc_listener = if role.has_grpc() {
+        let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.grpc_listen))?;
+        if role == Role::All && cfg.picker.notification_url.is_empty() {
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            cfg.picker.notification_url = format!("http://{addr}");
+        }
+        Some(listener)
+    } else {
+        None
+    };
     let db = Db::connect(&cfg.database, &cfg.data_dir)
         .await
         .map_err(|e| e.to_string())?;
@@ -114,6 +149,16 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
         api = api.merge(fms_auth::api::routes(auth));
     }
     let mut grpc_services = GrpcServices::new();
+    if role.runs_notification() {
+        let authenticator = match (&authenticator, role) {
+            (Some(a), _) => a.clone(),
+            _ => remote_authenticator(&cfg, shared.clone()).await?,
+        };
+        let notifier = fms_notification::start(&cfg, db.clone(), stop.clone()).await?;
+        grpc_services =
+            grpc_services.with(fms_notification::grpc::Service::server(notifier.clone()));
+        api = api.merge(fms_notification::ws::routes(notifier, authenticator));
+    }
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
         let picker = fms_picker::start_with_gc(&cfg, db.clone(), authz, stop.clone()).await?;
@@ -177,11 +222,8 @@ async fn serve(cfg: Config, role: Role, name: &'static str) -> Result<(), String
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let grace = cfg.shutdown.grace.0;
     let http_task = tokio::spawn(http::serve(listener, app, stop.clone(), grace));
-    let grpc_task = if role.has_grpc() {
+    let grpc_task = if let Some(listener) = grpc_listener {
         let (routes, health) = grpc::routes(grpc_services).await?;
-        let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.grpc_listen))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(grpc.address = %addr, "gRPC listening");
         eprintln!("fms: gRPC on {addr}");

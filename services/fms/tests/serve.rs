@@ -1473,3 +1473,287 @@ async fn fms_push_of_a_tree_is_interrupted_and_resumed() {
     let got = std::fs::read(one.join("tree/small-05/f5.dat")).unwrap();
     assert!(got == std::fs::read(path).unwrap());
 }
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open `/ws` with a bearer token (and `query`, e.g. `last_event_id=3`).
+async fn socket(http: &str, token: &str, query: &str) -> Result<Socket, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}/ws?{query}", http.replace("http://", "ws://"));
+    let mut req = url.into_client_request().unwrap();
+    if !token.is_empty() {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((s, _)) => Ok(s),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The next JSON frame within `wait`; `None` on timeout, `Some(Err(code))` on close.
+async fn next_json(s: &mut Socket, wait: Duration) -> Option<Result<Value, u16>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.next()).await.ok()?;
+        match m {
+            Some(Ok(Message::Text(t))) => return Some(Ok(serde_json::from_str(&t).unwrap())),
+            Some(Ok(Message::Close(f))) => {
+                return Some(Err(f.map(|f| u16::from(f.code)).unwrap_or(1005)));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Some(Err(1006)),
+        }
+    }
+}
+
+async fn publish(
+    grpc: &str,
+    users: &[&str],
+    event_id: &str,
+    kind: &str,
+) -> Result<std::collections::HashMap<String, u64>, tonic::Status> {
+    use fms_proto::notification::v1 as pb;
+    let mut c =
+        pb::notification_service_client::NotificationServiceClient::connect(grpc.to_string())
+            .await
+            .unwrap();
+    c.publish(pb::PublishRequest {
+        user_ids: users.iter().map(|u| u.to_string()).collect(),
+        event: Some(pb::Event {
+            id: event_id.into(),
+            r#type: kind.into(),
+            source: "test".into(),
+            subject: "s".into(),
+            time: None,
+            data_json: r#"{"n":1}"#.into(),
+        }),
+    })
+    .await
+    .map(|r| r.into_inner().sequences)
+}
+
+/// Issue 9: events reach exactly their user's sockets (an upload through the picker
+/// produces `file.uploaded`); a client reconnecting with the last id gets exactly what it
+/// missed, in order, then live events; a repeated publish is stored once; events past the
+/// retention are announced as a gap; tickets work once; bad token, no token, bad Origin are
+/// refused at the upgrade; a revoked token closes the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_their_user_and_resume_exactly() {
+    use futures_util::SinkExt;
+    let p = spawn(
+        &["serve"],
+        &[
+            ("FMS_NOTIFICATION__HEARTBEAT", "2s".into()),
+            ("FMS_NOTIFICATION__RETENTION", "8s".into()),
+        ],
+        true,
+    );
+    let c = client();
+    let url = p.http.clone();
+    let grpc = p.grpc.clone().unwrap();
+    let a = login_session(&c, &url, &username()).await;
+    let b = login_session(&c, &url, &username()).await;
+    let (ta, tb) = (
+        a["access_token"].as_str().unwrap().to_string(),
+        b["access_token"].as_str().unwrap().to_string(),
+    );
+    let me: Value = c
+        .get(format!("{url}/auth/me"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uid_a = me["id"].as_str().unwrap().to_string();
+
+    // Refused at the upgrade.
+    assert_eq!(
+        socket(&url, "", "").await.err().unwrap(),
+        "401 Unauthorized"
+    );
+    assert_eq!(
+        socket(&url, "not-a-token", "").await.err().unwrap(),
+        "401 Unauthorized"
+    );
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{}/ws", url.replace("http://", "ws://"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {ta}").parse().unwrap());
+        req.headers_mut()
+            .insert("origin", "https://evil.example".parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+            other => panic!("bad Origin accepted: {:?}", other.map(|_| ())),
+        }
+    }
+
+    // Delivery: both of A's sockets, none of B's.
+    let mut a1 = socket(&url, &ta, "").await.unwrap();
+    let mut a2 = socket(&url, &ta, "").await.unwrap();
+    let mut b1 = socket(&url, &tb, "").await.unwrap();
+    let r = c
+        .post(format!("{url}/api/upload?name=hello.txt"))
+        .bearer_auth(&ta)
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let file: Value = r.json().await.unwrap();
+    for s in [&mut a1, &mut a2] {
+        let e = next_json(s, Duration::from_secs(5)).await.unwrap().unwrap();
+        assert_eq!(e["type"], "file.uploaded");
+        assert_eq!(e["data"]["file_id"], file["id"]);
+        assert_eq!(e["id"], 1);
+    }
+    assert!(
+        next_json(&mut b1, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "B hears nothing"
+    );
+
+    // Resume: 100 events while A is away, then exactly those, in order, then live ones.
+    a1.close(None).await.unwrap();
+    for i in 0..100 {
+        publish(&grpc, &[&uid_a], &format!("ev-{i}"), "test.event")
+            .await
+            .unwrap();
+    }
+    // A publisher retrying the same event stores it once.
+    let again = publish(&grpc, &[&uid_a], "ev-99", "test.event")
+        .await
+        .unwrap();
+    assert_eq!(again[&uid_a], 101);
+    let mut a3 = socket(&url, &ta, "last_event_id=1").await.unwrap();
+    for want in 2..=101u64 {
+        let e = next_json(&mut a3, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e["id"], want);
+        assert_eq!(e["event_id"], format!("ev-{}", want - 2));
+    }
+    publish(&grpc, &[&uid_a], "live", "test.event")
+        .await
+        .unwrap();
+    let e = next_json(&mut a3, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["id"], 102);
+    assert!(
+        next_json(&mut a3, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no duplicate"
+    );
+    // The other socket, live all along, saw all 101 once each.
+    for want in 2..=102u64 {
+        let e = next_json(&mut a2, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e["id"], want);
+    }
+    // Bad publishes.
+    assert_eq!(
+        publish(&grpc, &[], "x", "t").await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        publish(&grpc, &[&uid_a], "x", "bad type!")
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+
+    // A ticket opens one socket, once.
+    let t: Value = c
+        .post(format!("{url}/ws/ticket"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ticket = t["ticket"].as_str().unwrap();
+    let mut viat = socket(&url, "", &format!("ticket={ticket}&last_event_id=101"))
+        .await
+        .unwrap();
+    let e = next_json(&mut viat, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["id"], 102);
+    assert_eq!(
+        socket(&url, "", &format!("ticket={ticket}"))
+            .await
+            .err()
+            .unwrap(),
+        "401 Unauthorized"
+    );
+
+    // An oversized client frame closes the socket.
+    viat.send(tokio_tungstenite::tungstenite::Message::Text(
+        "x".repeat(10_000).into(),
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_json(&mut viat, Duration::from_secs(5)).await,
+        Some(Err(_))
+    ));
+
+    // Past the retention: the client is told what it cannot get back.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    publish(&grpc, &[&uid_a], "after", "test.event")
+        .await
+        .unwrap();
+    let mut late = socket(&url, &ta, "last_event_id=50").await.unwrap();
+    let g = next_json(&mut late, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g["type"], "gap");
+    assert_eq!(g["from"], 51);
+    assert_eq!(g["to"], 102);
+    let e = next_json(&mut late, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["id"], 103);
+
+    // Logout: the open socket is closed with 4001.
+    let r = c
+        .post(format!("{url}/auth/logout"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let mut code = None;
+    for _ in 0..50 {
+        match next_json(&mut late, Duration::from_millis(200)).await {
+            Some(Err(c)) => {
+                code = Some(c);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert_eq!(code, Some(4001));
+    drop(b1);
+}

@@ -38,6 +38,8 @@ pub struct Config {
     pub permission: PermissionConfig,
     /// The picker: uploads, downloads, file metadata.
     pub picker: PickerConfig,
+    /// The notification service: events over WebSocket.
+    pub notification: NotificationConfig,
 }
 
 impl Default for Config {
@@ -53,6 +55,38 @@ impl Default for Config {
             auth: AuthConfig::default(),
             permission: PermissionConfig::default(),
             picker: PickerConfig::default(),
+            notification: NotificationConfig::default(),
+        }
+    }
+}
+
+/// Notification service settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotificationConfig {
+    /// Browser origins allowed to open `/ws` (`https://app.example.com`; `*` for any).
+    /// Upgrades without an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// How long each user's events are kept for clients that reconnect.
+    pub retention: Duration,
+    /// Events queued for one socket; a client that falls this far behind is disconnected.
+    pub send_queue: u32,
+    /// Open sockets per user, and in all.
+    pub max_connections_per_user: u32,
+    pub max_connections: u32,
+    /// Ping interval; a socket silent for three intervals is closed.
+    pub heartbeat: Duration,
+}
+
+impl Default for NotificationConfig {
+    fn default() -> Self {
+        NotificationConfig {
+            allowed_origins: Vec::new(),
+            retention: Duration(std::time::Duration::from_secs(7 * 86400)),
+            send_queue: 1024,
+            max_connections_per_user: 32,
+            max_connections: 20_000,
+            heartbeat: Duration(std::time::Duration::from_secs(20)),
         }
     }
 }
