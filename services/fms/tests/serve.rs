@@ -1757,3 +1757,76 @@ async fn notifications_reach_their_user_and_resume_exactly() {
     assert_eq!(code, Some(4001));
     drop(b1);
 }
+
+/// Issue 9: two `fms notification` replicas on PostgreSQL + Redis: a socket on one gets
+/// events published through either, in order, with no gap; a client resumes on the other
+/// replica with exactly what it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_replicas_share_events_through_redis() {
+    let mut env = vec![
+        ("FMS_DATABASE__URL", fresh_postgres().await),
+        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+        (
+            "FMS_REDIS__KEY_PREFIX",
+            format!("t{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ];
+    let auth = spawn(&["auth"], &env, false);
+    env.push((
+        "FMS_AUTH__JWKS_URL",
+        format!("{}/.well-known/jwks.json", auth.http),
+    ));
+    let n1 = spawn(&["notification"], &env, true);
+    let n2 = spawn(&["notification"], &env, true);
+    let c = client();
+    let t = login_session(&c, &auth.http, &username()).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let me: Value = c
+        .get(format!("{}/auth/me", auth.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uid = me["id"].as_str().unwrap().to_string();
+    let (g1, g2) = (n1.grpc.clone().unwrap(), n2.grpc.clone().unwrap());
+
+    let mut s = socket(&n2.http, &token, "").await.unwrap();
+    // Subscribed replicas: give the channel a moment after the socket is up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..21 {
+        let via = if i % 2 == 0 { &g1 } else { &g2 };
+        publish(via, &[&uid], &format!("r-{i}"), "test.event")
+            .await
+            .unwrap();
+    }
+    for want in 1..=21u64 {
+        let e = next_json(&mut s, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e["id"], want, "in order, no gap, across replicas");
+    }
+    drop(s);
+    for i in 21..31 {
+        publish(&g2, &[&uid], &format!("r-{i}"), "test.event")
+            .await
+            .unwrap();
+    }
+    let mut s = socket(&n1.http, &token, "last_event_id=21").await.unwrap();
+    for want in 22..=31u64 {
+        let e = next_json(&mut s, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e["id"], want);
+        assert_eq!(e["event_id"], format!("r-{}", want - 1));
+    }
+    assert!(
+        next_json(&mut s, Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}

@@ -10,8 +10,12 @@
 //! component; past the retention it is told so (`gap`). A socket that falls
 //! `notification.send_queue` events behind is closed (memory stays bounded).
 //!
-//! Not yet: replicas sharing live delivery through Redis (each process delivers the events
-//! published to it; history is shared through PostgreSQL), access re-checks at delivery.
+//! Replicas: with Redis configured, a stored event is published on one Redis channel and
+//! every replica delivers it to its own sockets (history is shared through PostgreSQL, so a
+//! client may resume on any replica). A socket that sees a number skipped (a lost Redis
+//! message) fetches the missing events from the history before going on.
+//!
+//! Not yet: access re-checks at delivery.
 
 pub mod grpc;
 pub mod ws;
@@ -36,7 +40,7 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
 const REPLAY_PAGE: i64 = 500;
 
 /// One stored event as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Delivered {
     /// Per-user number: 1, 2, 3... (resume from it).
     pub id: u64,
@@ -90,6 +94,15 @@ pub struct Notifier {
     /// One writer per user at a time in this process (numbers are also safe across
     /// processes: the counter row is updated atomically).
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Redis: where stored events are announced to every replica.
+    fanout: Option<(redis::aio::ConnectionManager, String)>,
+}
+
+/// What goes over the Redis channel.
+#[derive(Serialize, serde::Deserialize)]
+struct Wire {
+    user: String,
+    event: Delivered,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -168,7 +181,68 @@ impl Notifier {
             next_conn: AtomicU64::new(1),
             open: AtomicUsize::new(0),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            fanout: None,
         }))
+    }
+
+    /// Share live delivery with the other replicas through Redis at `url`: stored events
+    /// are published on the channel `<prefix>notification:events`, and a task delivers what
+    /// arrives there to this process's sockets (resubscribing after a lost connection).
+    pub async fn open_shared(
+        cfg: &Config,
+        db: Db,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Notifier>, String> {
+        let local = Notifier::open(cfg, db).await?;
+        let mut n = Arc::try_unwrap(local).map_err(|_| "notifier shared too early".to_string())?;
+        let client =
+            redis::Client::open(cfg.redis.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        let conn = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            redis::aio::ConnectionManager::new(client.clone()),
+        )
+        .await
+        .map_err(|_| "redis: connect timed out".to_string())?
+        .map_err(|e| format!("redis: {e}"))?;
+        let channel = format!("{}notification:events", cfg.redis.key_prefix);
+        n.fanout = Some((conn, channel.clone()));
+        let n = Arc::new(n);
+        let weak = Arc::downgrade(&n);
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                let sub = async {
+                    let mut ps = client.get_async_pubsub().await?;
+                    ps.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(ps)
+                };
+                match sub.await {
+                    Ok(ps) => {
+                        let mut msgs = ps.into_on_message();
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return,
+                                m = msgs.next() => {
+                                    let Some(m) = m else { break };
+                                    let Some(n) = weak.upgrade() else { return };
+                                    match serde_json::from_slice::<Wire>(m.get_payload_bytes()) {
+                                        Ok(w) => n.deliver(&w.user, Arc::new(w.event)),
+                                        Err(e) => tracing::warn!(error = %e, "bad event on the Redis channel"),
+                                    }
+                                }
+                            }
+                        }
+                        tracing::warn!("Redis event channel lost; resubscribing");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis events"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        Ok(n)
     }
 
     fn lock_for(&self, user: &str) -> &tokio::sync::Mutex<()> {
@@ -247,7 +321,28 @@ impl Notifier {
             time: rfc3339(e.time_ms),
             data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
         });
-        self.deliver(user, delivered);
+        match &self.fanout {
+            Some((conn, channel)) => {
+                let wire = serde_json::to_string(&Wire {
+                    user: user.to_string(),
+                    event: (*delivered).clone(),
+                })
+                .unwrap_or_default();
+                let mut conn = conn.clone();
+                let sent: Result<i64, _> = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(wire)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = sent {
+                    // Stored all the same: sockets here get it now, elsewhere at the next
+                    // event (they fetch skipped numbers) or when they reconnect.
+                    tracing::warn!(error = %e, "Redis publish failed; delivering locally");
+                    self.deliver(user, delivered);
+                }
+            }
+            None => self.deliver(user, delivered),
+        }
         Ok(seq as u64)
     }
 
@@ -428,7 +523,11 @@ pub async fn start(
     db: Db,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Notifier>, String> {
-    let n = Notifier::open(cfg, db).await?;
+    let n = if cfg.redis.url.is_empty() {
+        Notifier::open(cfg, db).await?
+    } else {
+        Notifier::open_shared(cfg, db, stop.clone()).await?
+    };
     n.spawn_trimmer(stop);
     Ok(n)
 }

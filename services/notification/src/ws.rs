@@ -276,6 +276,25 @@ async fn live(
         tokio::select! {
             push = rx.recv() => match push {
                 Some(Push::Event(e)) => {
+                    if e.id > sent + 1 {
+                        // A number was skipped (a lost Redis message): fetch it first.
+                        while sent + 1 < e.id {
+                            let page = match ws.n.replay(user, sent).await {
+                                Ok(p) => p,
+                                Err(_) => return Some((1011, "event history unavailable")),
+                            };
+                            let Some(last) = page.last().map(|p| p.id) else { break };
+                            for old in page.into_iter().filter(|p| p.id < e.id) {
+                                if !send_text(socket, old.json()).await {
+                                    return None;
+                                }
+                                sent = old.id;
+                            }
+                            if last >= e.id {
+                                break;
+                            }
+                        }
+                    }
                     if e.id > sent {
                         if !send_text(socket, e.json()).await {
                             return None;
