@@ -1583,6 +1583,31 @@ async fn notifications_reach_their_user_and_resume_exactly() {
         "401 Unauthorized"
     );
     {
+        // Forged: `alg: none`, and A's signature over claims naming someone else.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let parts: Vec<&str> = ta.split('.').collect();
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
+        let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = json!("someone-else");
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            b64.encode(claims.to_string()),
+            parts[2]
+        );
+        for forged in [none, tampered] {
+            assert_eq!(
+                socket(&url, &forged, "").await.err().unwrap(),
+                "401 Unauthorized"
+            );
+        }
+    }
+    {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = format!("{}/ws", url.replace("http://", "ws://"))
             .into_client_request()
@@ -1828,5 +1853,104 @@ async fn notification_replicas_share_events_through_redis() {
         next_json(&mut s, Duration::from_millis(300))
             .await
             .is_none()
+    );
+}
+
+/// Issue 9 (reliability test 35): a client that stops reading is cut off (4008) once its
+/// queue is full, instead of the server holding what it cannot send; the server's memory
+/// stays bounded; the client then resumes with its last id and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_stops_reading_is_cut_off_and_resumes() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let p = spawn(
+        &["serve"],
+        &[("FMS_NOTIFICATION__SEND_QUEUE", "8".into())],
+        true,
+    );
+    let c = client();
+    let url = p.http.clone();
+    let grpc = p.grpc.clone().unwrap();
+    let t = login_session(&c, &url, &username()).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let me: Value = c
+        .get(format!("{url}/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uid = me["id"].as_str().unwrap().to_string();
+
+    // A client with a small receive buffer that reads nothing for now.
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let stream = tcp.connect(addr).await.unwrap();
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+            .await
+            .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_before = proc_kib(p.child.id(), "VmRSS:");
+
+    // 300 events of ~60 KiB each (~18 MiB), far more than the socket's buffers hold.
+    let big = format!(r#"{{"pad":"{}"}}"#, "x".repeat(60_000));
+    let mut n = fms_proto::notification::v1::notification_service_client::NotificationServiceClient::connect(grpc.clone())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        n.publish(fms_proto::notification::v1::PublishRequest {
+            user_ids: vec![uid.clone()],
+            event: Some(fms_proto::notification::v1::Event {
+                id: format!("big-{i}"),
+                r#type: "test.big".into(),
+                source: "test".into(),
+                subject: String::new(),
+                time: None,
+                data_json: big.clone(),
+            }),
+        })
+        .await
+        .unwrap();
+    }
+    let rss_after = proc_kib(p.child.id(), "VmRSS:");
+
+    // Reading now: some events, then the server's close with 4008; never all 300.
+    let mut last = 0u64;
+    let mut code = None;
+    while let Some(m) = next_json(&mut slow, Duration::from_secs(10)).await {
+        match m {
+            Ok(e) => last = e["id"].as_u64().unwrap(),
+            Err(c) => {
+                code = Some(c);
+                break;
+            }
+        }
+    }
+    assert_eq!(code, Some(4008), "cut off as too slow");
+    assert!(last < 300, "received {last} of 300 before the cut");
+    assert!(
+        rss_after.saturating_sub(rss_before) < 64 * 1024,
+        "server RSS grew {} KiB",
+        rss_after.saturating_sub(rss_before)
+    );
+    // Resuming from the last id it saw, it gets the rest.
+    let mut again = socket(&url, &token, &format!("last_event_id={last}"))
+        .await
+        .unwrap();
+    for want in last + 1..=300 {
+        let e = next_json(&mut again, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e["id"], want);
+    }
+    eprintln!(
+        "slow consumer: cut after {last} of 300 events; server RSS {rss_before} -> {rss_after} KiB"
     );
 }
