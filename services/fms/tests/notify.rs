@@ -488,3 +488,58 @@ async fn a_socket_that_stops_reading_is_cut_off_and_resumes() {
         "slow consumer: cut after {last} of 300 events; server RSS {rss_before} -> {rss_after} KiB"
     );
 }
+
+/// The picker keeps an event while the notification service is away and publishes it once
+/// the service is back: an upload made during the outage reaches the user afterwards, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_made_while_the_notification_service_is_down_arrive_later() {
+    let port = free_port();
+    let serve = spawn(
+        &["serve"],
+        &[(
+            "FMS_PICKER__NOTIFICATION_URL",
+            format!("http://127.0.0.1:{port}"),
+        )],
+        true,
+    );
+    let c = client();
+    let t = login_session(&c, &serve.http, &username()).await;
+    let token = t["access_token"].as_str().unwrap().to_string();
+    let r = c
+        .post(format!("{}/api/upload?name=while-down.txt", serve.http))
+        .bearer_auth(&token)
+        .body("made while the notification service was down")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let file: Value = r.json().await.unwrap();
+    // The service comes up a moment later, on the address the picker publishes to.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let n = spawn_on(
+        dir.path(),
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        &["notification"],
+        &[(
+            "FMS_AUTH__JWKS_URL",
+            format!("{}/.well-known/jwks.json", serve.http),
+        )],
+        true,
+    );
+    let mut s = socket(&n.http, &token, "last_event_id=0").await.unwrap();
+    let e = next_json(&mut s, Duration::from_secs(15))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["type"], "file.uploaded");
+    assert_eq!(e["data"]["file_id"], file["id"]);
+    assert_eq!(e["id"], 1);
+    assert!(
+        next_json(&mut s, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "once"
+    );
+}

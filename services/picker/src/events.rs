@@ -1,9 +1,13 @@
 //! Events for the notification service (`file.uploaded`, `file.shared`, `file.deleted`).
 //!
 //! Publishing never blocks or fails a request: events go into a bounded queue drained by
-//! one task that calls `fms.notification.v1.NotificationService/Publish`. A full queue, a
-//! notification service that is down or slow, or none configured: the event is dropped and
-//! counted (`picker_events_dropped_total{reason}`), the request goes on.
+//! one task that calls `fms.notification.v1.NotificationService/Publish`, in order. A call
+//! that fails for want of the service (down, restarting, slow) is retried with backoff for
+//! up to ~5 minutes — Publish is idempotent by event id, so a retry never shows twice — while
+//! later events wait in the queue. A full queue, an event the service refuses as invalid, a
+//! service gone longer than the retries, or none configured: the event is dropped and counted
+//! (`picker_events_dropped_total{reason}`), the request goes on. Events still queued when
+//! the process dies are lost (no outbox yet).
 
 use std::time::Duration;
 
@@ -16,6 +20,9 @@ use tokio::sync::mpsc;
 const QUEUE: usize = 4096;
 /// How long one Publish call may take.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Tries per event: backoff from 100 ms doubling to 5 s, ~5 minutes in all.
+const PUBLISH_TRIES: u32 = 66;
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Pending {
@@ -55,24 +62,41 @@ impl Publisher {
                     user_ids: p.users,
                     event: Some(p.event),
                 };
-                match tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(request)).await {
-                    Ok(Ok(_)) => {
-                        metrics::counter!("picker_events_published_total").increment(1);
-                        if failing {
-                            failing = false;
-                            tracing::info!("notification service reachable again");
+                let mut backoff = Duration::from_millis(100);
+                for attempt in 1..=PUBLISH_TRIES {
+                    let outcome =
+                        tokio::time::timeout(PUBLISH_TIMEOUT, client.publish(request.clone()))
+                            .await;
+                    match outcome {
+                        Ok(Ok(_)) => {
+                            metrics::counter!("picker_events_published_total").increment(1);
+                            if failing {
+                                failing = false;
+                                tracing::info!("notification service reachable again");
+                            }
+                            break;
                         }
-                    }
-                    Ok(Err(e)) => {
-                        dropped("unavailable");
-                        if !failing {
-                            failing = true;
-                            tracing::warn!(error = %e, "notification service unavailable; dropping events");
+                        Ok(Err(e)) if e.code() == tonic::Code::InvalidArgument => {
+                            dropped("invalid");
+                            tracing::error!(error = %e, "notification service refused an event");
+                            break;
                         }
-                    }
-                    Err(_) => {
-                        dropped("timeout");
-                        failing = true;
+                        other => {
+                            if !failing {
+                                failing = true;
+                                let why = match other {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "timed out".into(),
+                                };
+                                tracing::warn!(error = %why, "notification service unavailable; retrying");
+                            }
+                            if attempt == PUBLISH_TRIES {
+                                dropped("unavailable");
+                                break;
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(BACKOFF_MAX);
+                        }
                     }
                 }
             }

@@ -47,11 +47,23 @@ pub fn spawn_at(
     env: &[(&str, String)],
     want_grpc: bool,
 ) -> Proc {
+    spawn_on(dir, listen, "127.0.0.1:0", args, env, want_grpc)
+}
+
+/// Start `fms <args>` on `dir` with HTTP on `listen` and gRPC on `grpc_listen`.
+pub fn spawn_on(
+    dir: &std::path::Path,
+    listen: &str,
+    grpc_listen: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    want_grpc: bool,
+) -> Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_fms"));
     cmd.args(args)
         .arg("--data-dir")
         .arg(dir)
-        .args(["--listen", listen, "--grpc-listen", "127.0.0.1:0"])
+        .args(["--listen", listen, "--grpc-listen", grpc_listen])
         .env("FMS_LOG__FORMAT", "json")
         .env_remove("FMS_DATABASE__URL")
         .env_remove("FMS_REDIS__URL")
