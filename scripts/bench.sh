@@ -28,6 +28,12 @@ if [ "${1:-}" = tus ]; then
     shift
     exec "$CARGO_TARGET_DIR/debug/fms-bench-tus" "$@"
 fi
+if [ "${1:-}" = ws ]; then
+    # Client and server sockets live in one process: 2 descriptors per socket.
+    shift
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+    exec "$CARGO_TARGET_DIR/debug/fms-bench-ws" "$@"
+fi
 if [ "${1:-}" = auth ]; then
     shift
     exec "$CARGO_TARGET_DIR/debug/fms-bench-auth" "$@"

@@ -136,6 +136,10 @@ async fn upgrade(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_FRAME)
         .max_frame_size(MAX_CLIENT_FRAME)
+        // Clients send next to nothing and events are small: the library's 128 KiB read and
+        // write buffers per socket would be most of a socket's memory.
+        .read_buffer_size(8 << 10)
+        .write_buffer_size(16 << 10)
         .on_upgrade(move |socket| async move {
             let user = claims.sub.clone();
             session(socket, ws, token, claims.sub, claims.exp, last).await;
