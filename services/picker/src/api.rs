@@ -1119,9 +1119,15 @@ pub(crate) async fn remove_file(p: &Picker, user: &str, id: &str) -> Result<(), 
             }
         }
     }
+    // The owner and whoever deleted it (a writer with the delete right). Other users it was
+    // shared with are not told yet: the permission service cannot list an object's holders.
+    let mut told = vec![row.owner_id.clone()];
+    if user != row.owner_id {
+        told.push(user.to_string());
+    }
     p.events.publish(
         "file.deleted",
-        vec![row.owner_id.clone()],
+        told,
         id,
         json!({"file_id": id, "name": row.name}),
     );
