@@ -72,6 +72,13 @@ impl Index {
 }
 
 impl Inner {
+    /// Whether `scope`'s own files hold `chunk` with length `len` (what a dedup-aware upload
+    /// may skip sending). Only the scope's counts are asked, never the store-wide map alone.
+    pub(crate) fn scope_holds(&self, scope: Scope, chunk: &ChunkId, len: u32) -> Result<bool> {
+        Ok(self.index.scope_count(scope, chunk)? > 0
+            && self.index.chunk(chunk)?.is_some_and(|e| e.len == len))
+    }
+
     /// Add `delta` to the scope's count of each chunk (distinct) and record (or forget) the
     /// file's scope. Called under the commit lock, into the file's own batch.
     pub(crate) fn apply_scope(

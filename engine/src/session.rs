@@ -348,8 +348,7 @@ impl SessionWriter {
             // Pin before looking: the chunk then cannot be collected between the answer
             // and its use, whatever the scope's files do meanwhile.
             self.inner.pin(id)?;
-            let held = self.inner.index.scope_count(scope, &id)? > 0
-                && self.inner.index.chunk(&id)?.is_some_and(|e| e.len == len);
+            let held = self.inner.scope_holds(scope, &id, len)?;
             if held {
                 self.guard.pinned.push(id);
             } else {

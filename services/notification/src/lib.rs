@@ -73,15 +73,10 @@ pub struct NewEvent {
     pub data: String,
 }
 
-/// What a socket's queue carries.
-#[derive(Debug, Clone)]
-pub(crate) enum Push {
-    Event(Arc<Delivered>),
-}
-
+/// One socket's queue: events waiting to be written to it.
 struct Conn {
     id: u64,
-    tx: mpsc::Sender<Push>,
+    tx: mpsc::Sender<Arc<Delivered>>,
 }
 
 /// The service: history in the database, live sockets in this process.
@@ -131,28 +126,9 @@ impl std::fmt::Display for PublishError {
     }
 }
 
+/// Milliseconds since the epoch as RFC 3339 (the platform's format).
 fn rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    fms_platform::logging::rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
 }
 
 fn row_event(r: &sqlx::any::AnyRow) -> Result<Delivered, sqlx::Error> {
@@ -353,7 +329,7 @@ impl Notifier {
             return;
         };
         if let Some(list) = conns.get_mut(user) {
-            list.retain(|c| match c.tx.try_send(Push::Event(e.clone())) {
+            list.retain(|c| match c.tx.try_send(e.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     metrics::counter!("notification_slow_consumers_total").increment(1);
@@ -368,7 +344,7 @@ impl Notifier {
     }
 
     /// Register a socket of `user`; `None` when the limits are reached.
-    pub(crate) fn attach(&self, user: &str) -> Option<(u64, mpsc::Receiver<Push>)> {
+    pub(crate) fn attach(&self, user: &str) -> Option<(u64, mpsc::Receiver<Arc<Delivered>>)> {
         let mut conns = self.conns.lock().ok()?;
         if self.open.load(Ordering::Relaxed) >= self.cfg.max_connections as usize {
             return None;
@@ -396,14 +372,6 @@ impl Notifier {
         }
         self.open.fetch_sub(1, Ordering::Relaxed);
         metrics::gauge!("notification_sockets").decrement(1.0);
-    }
-
-    /// Whether the socket `id` of `user` is still registered (false once dropped as slow).
-    pub(crate) fn attached(&self, user: &str, id: u64) -> bool {
-        self.conns
-            .lock()
-            .map(|c| c.get(user).is_some_and(|l| l.iter().any(|c| c.id == id)))
-            .unwrap_or(false)
     }
 
     /// `user`'s events after `after`, oldest first, at most one page.

@@ -20,7 +20,7 @@ use fms_auth::verify::Authenticator;
 use fms_platform::ApiError;
 use serde_json::json;
 
-use crate::{Notifier, Push};
+use crate::{Delivered, Notifier};
 
 /// How long a ticket is good for.
 const TICKET_TTL: Duration = Duration::from_secs(30);
@@ -175,7 +175,7 @@ async fn session(
         close(socket, 1013, "too many connections").await;
         return;
     };
-    let reason = run(&mut socket, &ws, &mut rx, &token, &user, exp, last, id).await;
+    let reason = run(&mut socket, &ws, &mut rx, &token, &user, exp, last).await;
     n.detach(&user, id);
     if let Some((code, why)) = reason {
         close(socket, code, why).await;
@@ -186,12 +186,11 @@ async fn session(
 async fn run(
     socket: &mut WebSocket,
     ws: &Ws,
-    rx: &mut tokio::sync::mpsc::Receiver<Push>,
+    rx: &mut tokio::sync::mpsc::Receiver<Arc<Delivered>>,
     token: &str,
     user: &str,
     exp: u64,
     last: Option<u64>,
-    id: u64,
 ) -> Option<(u16, &'static str)> {
     let n = &ws.n;
     // Registered first, then the bounds: nothing published from now on can be missed.
@@ -226,7 +225,7 @@ async fn run(
                 if !send_text(socket, gap.to_string()).await {
                     return None;
                 }
-                return live(socket, ws, rx, token, user, exp, newest, id).await;
+                return live(socket, ws, rx, token, user, exp, newest).await;
             }
             l
         }
@@ -252,19 +251,18 @@ async fn run(
             sent = e.id;
         }
     }
-    live(socket, ws, rx, token, user, exp, sent, id).await
+    live(socket, ws, rx, token, user, exp, sent).await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn live(
     socket: &mut WebSocket,
     ws: &Ws,
-    rx: &mut tokio::sync::mpsc::Receiver<Push>,
+    rx: &mut tokio::sync::mpsc::Receiver<Arc<Delivered>>,
     token: &str,
     user: &str,
     exp: u64,
     mut sent: u64,
-    id: u64,
 ) -> Option<(u16, &'static str)> {
     let beat = ws.n.cfg.heartbeat.0.max(Duration::from_millis(100));
     let mut ticker = tokio::time::interval(beat);
@@ -279,7 +277,7 @@ async fn live(
     loop {
         tokio::select! {
             push = rx.recv() => match push {
-                Some(Push::Event(e)) => {
+                Some(e) => {
                     if e.id > sent + 1 {
                         // A number was skipped (a lost Redis message): fetch it first.
                         while sent + 1 < e.id {
@@ -322,9 +320,6 @@ async fn live(
                 }
                 if ws.auth.authenticate_token(token).await.is_err() {
                     return Some((4001, "token expired or revoked"));
-                }
-                if !ws.n.attached(user, id) {
-                    return Some((4008, "too slow: send queue full; reconnect with last_event_id"));
                 }
                 if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
                     return None;
