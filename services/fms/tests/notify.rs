@@ -96,16 +96,7 @@ async fn notifications_reach_their_user_and_resume_exactly() {
         a["access_token"].as_str().unwrap().to_string(),
         b["access_token"].as_str().unwrap().to_string(),
     );
-    let me: Value = c
-        .get(format!("{url}/auth/me"))
-        .bearer_auth(&ta)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let uid_a = me["id"].as_str().unwrap().to_string();
+    let uid_a = user_id(&c, &url, &ta).await;
 
     // Refused at the upgrade.
     assert_eq!(
@@ -322,14 +313,7 @@ async fn notifications_reach_their_user_and_resume_exactly() {
 /// replica with exactly what it missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notification_replicas_share_events_through_redis() {
-    let mut env = vec![
-        ("FMS_DATABASE__URL", fresh_postgres().await),
-        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
-        (
-            "FMS_REDIS__KEY_PREFIX",
-            format!("t{}:", uuid::Uuid::new_v4().simple()),
-        ),
-    ];
+    let mut env = shared_env().await;
     let auth = spawn(&["auth"], &env, false);
     env.push((
         "FMS_AUTH__JWKS_URL",
@@ -340,16 +324,7 @@ async fn notification_replicas_share_events_through_redis() {
     let c = client();
     let t = login_session(&c, &auth.http, &username()).await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    let me: Value = c
-        .get(format!("{}/auth/me", auth.http))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let uid = me["id"].as_str().unwrap().to_string();
+    let uid = user_id(&c, &auth.http, &token).await;
     let (g1, g2) = (n1.grpc.clone().unwrap(), n2.grpc.clone().unwrap());
 
     let mut s = socket(&n2.http, &token, "").await.unwrap();
@@ -406,16 +381,7 @@ async fn a_socket_that_stops_reading_is_cut_off_and_resumes() {
     let grpc = p.grpc.clone().unwrap();
     let t = login_session(&c, &url, &username()).await;
     let token = t["access_token"].as_str().unwrap().to_string();
-    let me: Value = c
-        .get(format!("{url}/auth/me"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let uid = me["id"].as_str().unwrap().to_string();
+    let uid = user_id(&c, &url, &token).await;
 
     // A client with a small receive buffer that reads nothing for now.
     let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();

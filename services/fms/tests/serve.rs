@@ -180,15 +180,7 @@ mod futures_core_stream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_replicas_share_users_keys_and_revocations() {
-    let env = [
-        ("FMS_DATABASE__URL", fresh_postgres().await),
-        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
-        // This test's own keys in the shared test Redis.
-        (
-            "FMS_REDIS__KEY_PREFIX",
-            format!("t{}:", uuid::Uuid::new_v4().simple()),
-        ),
-    ];
+    let env = shared_env().await;
     let a = spawn(&["auth"], &env, false);
     let b = spawn(&["auth"], &env, false);
     let c = client();
@@ -300,30 +292,14 @@ async fn permission_replicas_never_allow_after_a_revoke_returned() {
     };
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let env = [
-        ("FMS_DATABASE__URL", fresh_postgres().await),
-        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
-        (
-            "FMS_REDIS__KEY_PREFIX",
-            format!("t{}:", uuid::Uuid::new_v4().simple()),
-        ),
-    ];
+    let env = shared_env().await;
     // Accounts come from the auth service on the same database.
     let auth = spawn(&["auth"], &env, false);
     let c = client();
     let mut ids = Vec::new();
     for _ in 0..2 {
         let t = login_session(&c, &auth.http, &username()).await;
-        let me: Value = c
-            .get(format!("{}/auth/me", auth.http))
-            .bearer_auth(t["access_token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        ids.push(me["id"].as_str().unwrap().to_string());
+        ids.push(user_id(&c, &auth.http, t["access_token"].as_str().unwrap()).await);
     }
     let (alice, bob) = (ids[0].clone(), ids[1].clone());
     let a = spawn(&["permission"], &env, true);
@@ -468,14 +444,7 @@ async fn permission_replicas_never_allow_after_a_revoke_returned() {
 /// asking the permission service over gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_deployment_serves_the_picker_api() {
-    let mut env = vec![
-        ("FMS_DATABASE__URL", fresh_postgres().await),
-        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
-        (
-            "FMS_REDIS__KEY_PREFIX",
-            format!("t{}:", uuid::Uuid::new_v4().simple()),
-        ),
-    ];
+    let mut env = shared_env().await;
     let auth = spawn(&["auth"], &env, false);
     let perm = spawn(&["permission"], &env, true);
     env.push((

@@ -191,3 +191,30 @@ pub fn free_port() -> u16 {
 pub fn test_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests with ./test"))
 }
+
+/// Environment for processes sharing a fresh PostgreSQL database and the test Redis (with
+/// keys of their own under a fresh prefix).
+pub async fn shared_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("FMS_DATABASE__URL", fresh_postgres().await),
+        ("FMS_REDIS__URL", env_url("FMS_TEST_REDIS_URL")),
+        (
+            "FMS_REDIS__KEY_PREFIX",
+            format!("t{}:", uuid::Uuid::new_v4().simple()),
+        ),
+    ]
+}
+
+/// The id of the user `token` belongs to (`GET /auth/me` on `auth_url`).
+pub async fn user_id(c: &reqwest::Client, auth_url: &str, token: &str) -> String {
+    let me: Value = c
+        .get(format!("{auth_url}/auth/me"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    me["id"].as_str().unwrap().to_string()
+}
