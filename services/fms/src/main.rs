@@ -329,7 +329,7 @@ fn remote(command: Command) -> Result<(), Failure> {
                         let mut line = String::new();
                         io::stdin()
                             .read_line(&mut line)
-                            .map_err(|e| remote::RemoteError(e.to_string()))?;
+                            .map_err(|e| remote::RemoteError::new(e.to_string()))?;
                         line.trim_end_matches(['\r', '\n']).to_string()
                     }
                 };
@@ -356,7 +356,7 @@ fn remote(command: Command) -> Result<(), Failure> {
             _ => Ok(()),
         }
     });
-    r.map_err(|e| fail(1, e.0))
+    r.map_err(|e| fail(1, e.message))
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {

@@ -37,23 +37,38 @@ const PIECE: usize = 1 << 20;
 /// Attempts per file before `push` gives up on it.
 const ATTEMPTS: u32 = 6;
 
-/// A failed remote command.
+/// A failed remote command: what to tell the user, and the server's status if it answered.
 #[derive(Debug)]
-pub struct RemoteError(pub String);
+pub struct RemoteError {
+    pub message: String,
+    code: Option<tonic::Code>,
+}
+
+impl RemoteError {
+    pub fn new(message: impl Into<String>) -> RemoteError {
+        RemoteError {
+            message: message.into(),
+            code: None,
+        }
+    }
+}
 
 impl std::fmt::Display for RemoteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 fn err(m: impl Into<String>) -> RemoteError {
-    RemoteError(m.into())
+    RemoteError::new(m)
 }
 
 impl From<tonic::Status> for RemoteError {
     fn from(s: tonic::Status) -> Self {
-        err(format!("{:?}: {}", s.code(), s.message()))
+        RemoteError {
+            message: format!("{:?}: {}", s.code(), s.message()),
+            code: Some(s.code()),
+        }
     }
 }
 
@@ -634,7 +649,7 @@ impl Worker {
                         let _ = self.done.send((item.path.display().to_string(), file_id));
                         break;
                     }
-                    Err(e) if upload_id.is_some() && e.0.starts_with("NotFound") => {
+                    Err(e) if upload_id.is_some() && e.code == Some(tonic::Code::NotFound) => {
                         // The upload of an earlier run expired or was removed: start over.
                         stream = None;
                         upload_id = None;
@@ -838,15 +853,17 @@ impl Worker {
 
 /// Errors a retry will not fix.
 fn permanent(e: &RemoteError) -> bool {
-    [
-        "InvalidArgument",
-        "PermissionDenied",
-        "ResourceExhausted",
-        "OutOfRange",
-        "FailedPrecondition",
-    ]
-    .iter()
-    .any(|c| e.0.starts_with(c))
+    use tonic::Code::*;
+    matches!(
+        e.code,
+        Some(
+            InvalidArgument
+                | PermissionDenied
+                | ResourceExhausted
+                | OutOfRange
+                | FailedPrecondition
+        )
+    )
 }
 
 /// Read `n` bytes at `at` on a blocking thread.
@@ -968,7 +985,11 @@ pub async fn pull(ids: &[String], opts: PullOptions) -> Result<()> {
                         .await?,
                 )
                 .await
-                .map_err(|e| err(format!("{id}: {}", RemoteError::from(e))))?;
+                .map_err(|e| {
+                    let mut e = RemoteError::from(e);
+                    e.message = format!("{id}: {}", e.message);
+                    e
+                })?;
             files.extend(r.into_inner().file);
         }
     }
