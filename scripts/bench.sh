@@ -10,7 +10,8 @@ cargo build --quiet -p fms-bench -p fms
 # `scripts/bench.sh auth ...` measures token verification and login, `scripts/bench.sh
 # permission ...` the permission service, `scripts/bench.sh picker ...` HTTP uploads and
 # downloads, `scripts/bench.sh tus [--rustus PATH] ...` resumable uploads (tus, gRPC) against
-# rustus; anything else is the engine benchmark.
+# rustus, `scripts/bench.sh import [--size-mib N] [--runs N]` imports from a loopback HTTP
+# server against curl of the same URL (needs curl); anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
     shift
@@ -27,6 +28,10 @@ fi
 if [ "${1:-}" = tus ]; then
     shift
     exec "$CARGO_TARGET_DIR/debug/fms-bench-tus" "$@"
+fi
+if [ "${1:-}" = import ]; then
+    shift
+    exec "$CARGO_TARGET_DIR/debug/fms-bench-import" "$@"
 fi
 if [ "${1:-}" = ws ]; then
     # Client and server sockets live in one process: 2 descriptors per socket.

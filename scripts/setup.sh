@@ -24,6 +24,9 @@ fms_need_packages() {
     fi
     command -v c++ >/dev/null || missing+=(g++)
     command -v make >/dev/null || missing+=(make)
+    # https for imports (reqwest's native-tls: OpenSSL, found through pkg-config).
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
     if [ "${#missing[@]}" -gt 0 ]; then
         fms_apt_install "${missing[@]}"
     fi

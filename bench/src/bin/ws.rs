@@ -209,7 +209,7 @@ async fn ours(args: &Args) -> Result<Outcome, BoxError> {
         stop.clone(),
     )
     .await?;
-    let notifier = fms_notification::start(&cfg, db, stop.clone()).await?;
+    let notifier = fms_notification::start(&cfg, db, None, stop.clone()).await?;
     let app = fms_platform::http::app(
         fms_platform::http::Service {
             name: "bench",
@@ -251,6 +251,7 @@ async fn ours(args: &Args) -> Result<Outcome, BoxError> {
             subject: String::new(),
             time_ms: (t / 1000) as i64,
             data: format!(r#"{{"t":{t}}}"#),
+            recheck: false,
         };
         let notifier = notifier.clone();
         let user = users[u].clone();

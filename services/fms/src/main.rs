@@ -134,6 +134,12 @@ enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Run the downloader alone (gRPC `DownloadFile`), writing imports into the picker at
+    /// `downloader.picker_url`.
+    Downloader {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -223,13 +229,15 @@ fn main() -> ExitCode {
     | Command::Auth { listen }
     | Command::Permission { listen }
     | Command::Picker { listen }
-    | Command::Notification { listen } = &cli.command
+    | Command::Notification { listen }
+    | Command::Downloader { listen } = &cli.command
     {
         let role = match cli.command {
             Command::Serve { .. } => server::Role::All,
             Command::Permission { .. } => server::Role::Permission,
             Command::Picker { .. } => server::Role::Picker,
             Command::Notification { .. } => server::Role::Notification,
+            Command::Downloader { .. } => server::Role::Downloader,
             _ => server::Role::Auth,
         };
         let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
@@ -558,6 +566,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Permission { .. }
         | Command::Picker { .. }
         | Command::Notification { .. }
+        | Command::Downloader { .. }
         | Command::Login { .. }
         | Command::Push { .. }
         | Command::Pull { .. } => {}

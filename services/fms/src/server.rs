@@ -22,6 +22,8 @@ pub enum Role {
     Picker,
     /// The notification service alone: `fms notification` (auth found by address).
     Notification,
+    /// The downloader alone: `fms downloader` (the picker found by address).
+    Downloader,
 }
 
 impl Role {
@@ -34,8 +36,12 @@ impl Role {
     fn runs_notification(self) -> bool {
         matches!(self, Role::All | Role::Notification)
     }
+    fn runs_downloader(self) -> bool {
+        matches!(self, Role::All | Role::Downloader)
+    }
     fn has_grpc(self) -> bool {
-        self.runs_permission() || matches!(self, Role::Picker | Role::Notification)
+        self.runs_permission()
+            || matches!(self, Role::Picker | Role::Notification | Role::Downloader)
     }
 }
 
@@ -104,6 +110,7 @@ pub fn run(cfg: Config, role: Role) -> Result<(), String> {
         Role::Permission => "fms-permission",
         Role::Picker => "fms-picker",
         Role::Notification => "fms-notification",
+        Role::Downloader => "fms-downloader",
     };
     fms_platform::logging::init(service_name, &cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -121,9 +128,22 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
         let listener = tokio::net::TcpListener::bind(cfg.grpc_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.grpc_listen))?;
-        if role == Role::All && cfg.picker.notification_url.is_empty() {
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            cfg.picker.notification_url = format!("http://{addr}");
+        if role == Role::All {
+            // The picker reaches the notification service and the downloader, and the
+            // downloader the picker, on this listener, as they would other processes.
+            let addr = format!(
+                "http://{}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            for url in [
+                &mut cfg.picker.notification_url,
+                &mut cfg.picker.downloader_url,
+                &mut cfg.downloader.picker_url,
+            ] {
+                if url.is_empty() {
+                    *url = addr.clone();
+                }
+            }
         }
         Some(listener)
     } else {
@@ -149,15 +169,35 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
         api = api.merge(fms_auth::api::routes(auth));
     }
     let mut grpc_services = GrpcServices::new();
+    let perms = if role.runs_permission() {
+        Some(fms_permission::start(&cfg, db.clone(), stop.clone()).await?)
+    } else {
+        None
+    };
     if role.runs_notification() {
         let authenticator = match (&authenticator, role) {
             (Some(a), _) => a.clone(),
             _ => remote_authenticator(&cfg, shared.clone()).await?,
         };
-        let notifier = fms_notification::start(&cfg, db.clone(), stop.clone()).await?;
+        let access = match &perms {
+            Some(p) => fms_notification::access::Access::Local(p.clone()),
+            None if cfg.notification.permission_url.is_empty() => {
+                return Err("fms notification needs notification.permission_url (FMS_NOTIFICATION__PERMISSION_URL): the permission service's gRPC address".into());
+            }
+            None => fms_notification::access::Access::remote(&cfg.notification.permission_url)?,
+        };
+        let notifier =
+            fms_notification::start(&cfg, db.clone(), Some(access), stop.clone()).await?;
         grpc_services =
             grpc_services.with(fms_notification::grpc::Service::server(notifier.clone()));
         api = api.merge(fms_notification::ws::routes(notifier, authenticator));
+    }
+    if role.runs_downloader() {
+        if cfg.downloader.picker_url.is_empty() {
+            return Err("fms downloader needs downloader.picker_url (FMS_DOWNLOADER__PICKER_URL): the picker's gRPC address".into());
+        }
+        let d = fms_downloader::start(&cfg, &cfg.downloader.picker_url)?;
+        grpc_services = grpc_services.with(fms_downloader::Service::server(d));
     }
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;
@@ -170,8 +210,7 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
             ));
         api = api.merge(fms_picker::api::routes(picker, authenticator));
     }
-    if role.runs_permission() {
-        let perms = fms_permission::start(&cfg, db.clone(), stop.clone()).await?;
+    if let Some(perms) = perms {
         grpc_services = grpc_services.with(fms_permission::grpc::Service::server(perms.clone()));
         if role == Role::All
             && let Some(authenticator) = authenticator.clone()

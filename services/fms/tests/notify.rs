@@ -51,6 +51,18 @@ async fn publish(
     event_id: &str,
     kind: &str,
 ) -> Result<std::collections::HashMap<String, u64>, tonic::Status> {
+    publish_about(grpc, users, event_id, kind, "s", false).await
+}
+
+/// Publish an event about `subject`; `recheck`: only to users who may still read it.
+async fn publish_about(
+    grpc: &str,
+    users: &[&str],
+    event_id: &str,
+    kind: &str,
+    subject: &str,
+    recheck: bool,
+) -> Result<std::collections::HashMap<String, u64>, tonic::Status> {
     use fms_proto::notification::v1 as pb;
     let mut c =
         pb::notification_service_client::NotificationServiceClient::connect(grpc.to_string())
@@ -62,13 +74,25 @@ async fn publish(
             id: event_id.into(),
             r#type: kind.into(),
             source: "test".into(),
-            subject: "s".into(),
+            subject: subject.into(),
             time: None,
             data_json: r#"{"n":1}"#.into(),
+            recheck_subject: recheck,
         }),
     })
     .await
     .map(|r| r.into_inner().sequences)
+}
+
+/// The ids of the events (not gap frames) that arrive until `quiet` passes with none.
+async fn drain_ids(s: &mut Socket, quiet: Duration) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while let Some(Ok(e)) = next_json(s, quiet).await {
+        if let Some(id) = e["id"].as_u64() {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// Issue 9: events reach exactly their user's sockets (an upload through the picker
@@ -319,6 +343,11 @@ async fn notification_replicas_share_events_through_redis() {
         "FMS_AUTH__JWKS_URL",
         format!("{}/.well-known/jwks.json", auth.http),
     ));
+    let perm = spawn(&["permission"], &env, true);
+    env.push((
+        "FMS_NOTIFICATION__PERMISSION_URL",
+        perm.grpc.clone().unwrap(),
+    ));
     let n1 = spawn(&["notification"], &env, true);
     let n2 = spawn(&["notification"], &env, true);
     let c = client();
@@ -413,6 +442,7 @@ async fn a_socket_that_stops_reading_is_cut_off_and_resumes() {
                 subject: String::new(),
                 time: None,
                 data_json: big.clone(),
+                recheck_subject: false,
             }),
         })
         .await
@@ -488,10 +518,17 @@ async fn events_made_while_the_notification_service_is_down_arrive_later() {
         "127.0.0.1:0",
         &format!("127.0.0.1:{port}"),
         &["notification"],
-        &[(
-            "FMS_AUTH__JWKS_URL",
-            format!("{}/.well-known/jwks.json", serve.http),
-        )],
+        &[
+            (
+                "FMS_AUTH__JWKS_URL",
+                format!("{}/.well-known/jwks.json", serve.http),
+            ),
+            // `file.uploaded` is re-checked at delivery, over gRPC here.
+            (
+                "FMS_NOTIFICATION__PERMISSION_URL",
+                serve.grpc.clone().unwrap(),
+            ),
+        ],
         true,
     );
     let mut s = socket(&n.http, &token, "last_event_id=0").await.unwrap();
@@ -507,5 +544,182 @@ async fn events_made_while_the_notification_service_is_down_arrive_later() {
             .await
             .is_none(),
         "once"
+    );
+}
+
+/// Issue 9 (reliability test 34): access is re-checked at delivery. A user a file was shared
+/// with hears its content events until the share is revoked, and none after — live or
+/// replayed — while events about access itself (the revoke, the delete) still reach them; a
+/// file's deletion reaches everyone who held a grant on it; a socket is closed with 4001 at
+/// its token's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_is_rechecked_at_delivery_and_sockets_close_at_token_expiry() {
+    let p = spawn(
+        &["serve"],
+        &[
+            ("FMS_AUTH__ACCESS_TTL", "60s".into()),
+            // Slower than the token's life: only the expiry can close the socket.
+            ("FMS_NOTIFICATION__HEARTBEAT", "30s".into()),
+        ],
+        true,
+    );
+    let c = client();
+    let url = p.http.clone();
+    let grpc = p.grpc.clone().unwrap();
+    let (na, nb) = (username(), username());
+    let a = login_session(&c, &url, &na).await;
+    let b = login_session(&c, &url, &nb).await;
+    let (ta, tb) = (
+        a["access_token"].as_str().unwrap().to_string(),
+        b["access_token"].as_str().unwrap().to_string(),
+    );
+    let (uid_a, uid_b) = (user_id(&c, &url, &ta).await, user_id(&c, &url, &tb).await);
+    // Opened first: its token expires ~60 s from now.
+    let mut expiring = socket(&url, &tb, "").await.unwrap();
+    let opened = std::time::Instant::now();
+
+    let upload = |name: &'static str| {
+        let (c, url, ta) = (c.clone(), url.clone(), ta.clone());
+        async move {
+            let r = c
+                .post(format!("{url}/api/upload?name={name}"))
+                .bearer_auth(&ta)
+                .body("content")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let share = |file: String, rights: Vec<&'static str>| {
+        let (c, url, ta, nb) = (c.clone(), url.clone(), ta.clone(), nb.clone());
+        async move {
+            let r = c
+                .post(format!("{url}/api/files/share"))
+                .bearer_auth(&ta)
+                .json(&json!({"file_id": file, "with": nb, "rights": rights}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    let f = upload("shared.txt").await;
+    let mut sa = socket(&url, &ta, "").await.unwrap();
+    let mut sb = socket(&url, &tb, "").await.unwrap();
+    share(f.clone(), vec!["read"]).await;
+    let e = next_json(&mut sb, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e["id"].as_u64(), e["type"].as_str()),
+        (Some(1), Some("file.shared"))
+    );
+
+    // While shared: B hears the file's content events.
+    publish_about(
+        &grpc,
+        &[&uid_a, &uid_b],
+        "c1",
+        "transform.completed",
+        &f,
+        true,
+    )
+    .await
+    .unwrap();
+    let e = next_json(&mut sb, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e["id"].as_u64(), e["event_id"].as_str()),
+        (Some(2), Some("c1"))
+    );
+
+    // Revoked: B is told so, then hears nothing more about the file; A does.
+    share(f.clone(), vec![]).await;
+    let e = next_json(&mut sb, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (e["id"].as_u64(), e["type"].as_str()),
+        (Some(3), Some("file.shared"))
+    );
+    assert_eq!(e["data"]["rights"], json!([]));
+    let seqs = publish_about(
+        &grpc,
+        &[&uid_a, &uid_b],
+        "c2",
+        "transform.completed",
+        &f,
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(seqs[&uid_b], 4, "stored for B, withheld at delivery");
+    publish_about(&grpc, &[&uid_b], "other", "test.event", "x", false)
+        .await
+        .unwrap();
+    let e = next_json(&mut sb, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e["id"], 5, "event 4 (about the revoked file) was withheld");
+    let a_ids = drain_ids(&mut sa, Duration::from_millis(500)).await;
+    assert!(a_ids.len() >= 2, "the owner hears c1 and c2: {a_ids:?}");
+
+    // Replayed from the start, B gets what it may still be told.
+    let mut replay = socket(&url, &tb, "last_event_id=0").await.unwrap();
+    assert_eq!(
+        drain_ids(&mut replay, Duration::from_millis(700)).await,
+        vec![1, 3, 5]
+    );
+
+    // A second file shared with B, then deleted by A: B (a former holder) is told.
+    let g = upload("gone.txt").await;
+    share(g.clone(), vec!["read"]).await;
+    let r = c
+        .delete(format!("{url}/api/files/{g}"))
+        .bearer_auth(&ta)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut kinds = Vec::new();
+    while let Some(Ok(e)) = next_json(&mut sb, Duration::from_secs(2)).await {
+        kinds.push((
+            e["type"].as_str().unwrap().to_string(),
+            e["subject"].clone(),
+        ));
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            ("file.shared".to_string(), json!(g)),
+            ("file.deleted".to_string(), json!(g))
+        ]
+    );
+
+    // The first socket is closed when its token expires (60 s after login), not later.
+    let mut code = None;
+    while opened.elapsed() < Duration::from_secs(80) {
+        match next_json(&mut expiring, Duration::from_secs(1)).await {
+            Some(Err(c)) => {
+                code = Some(c);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert_eq!(code, Some(4001), "closed at expiry");
+    assert!(
+        opened.elapsed() >= Duration::from_secs(50),
+        "not before expiry"
     );
 }

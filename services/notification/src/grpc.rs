@@ -50,6 +50,7 @@ impl NotificationService for Service {
             } else {
                 e.data_json
             },
+            recheck: e.recheck_subject,
         };
         match self.notifier.publish(&r.user_ids, &event).await {
             Ok(sequences) => Ok(Response::new(pb::PublishResponse { sequences })),

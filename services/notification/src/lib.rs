@@ -15,8 +15,11 @@
 //! client may resume on any replica). A socket that sees a number skipped (a lost Redis
 //! message) fetches the missing events from the history before going on.
 //!
-//! Not yet: access re-checks at delivery.
+//! Access is re-checked at delivery: an event published with `recheck_subject` (about a
+//! file's content) is written to a socket only if its user may still read that file, asked of
+//! the permission service ([`access::Access`]) as the event goes out, live or replayed.
 
+pub mod access;
 pub mod grpc;
 pub mod ws;
 
@@ -31,10 +34,16 @@ use serde::Serialize;
 use sqlx::Row;
 use tokio::sync::mpsc;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../migrations/0001_notification.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../migrations/0001_notification.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../migrations/0002_recheck.sql"),
+    },
+];
 
 /// Events replayed per database read.
 const REPLAY_PAGE: i64 = 500;
@@ -53,6 +62,9 @@ pub struct Delivered {
     /// RFC 3339.
     pub time: String,
     pub data: serde_json::Value,
+    /// Deliver only to users who may still read `subject` (not shown to clients).
+    #[serde(skip)]
+    pub recheck: bool,
 }
 
 impl Delivered {
@@ -71,6 +83,8 @@ pub struct NewEvent {
     pub time_ms: i64,
     /// JSON text.
     pub data: String,
+    /// Deliver only to users who may still read the file `subject` (checked at delivery).
+    pub recheck: bool,
 }
 
 /// One socket's queue: events waiting to be written to it.
@@ -91,6 +105,8 @@ pub struct Notifier {
     locks: Vec<tokio::sync::Mutex<()>>,
     /// Redis: where stored events are announced to every replica.
     fanout: Option<(redis::aio::ConnectionManager, String)>,
+    /// Who answers access re-checks; without one, events that need a re-check are withheld.
+    access: Option<access::Access>,
 }
 
 /// What goes over the Redis channel.
@@ -98,6 +114,8 @@ pub struct Notifier {
 struct Wire {
     user: String,
     event: Delivered,
+    #[serde(default)]
+    recheck: bool,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -133,6 +151,7 @@ fn rfc3339(ms: i64) -> String {
 
 fn row_event(r: &sqlx::any::AnyRow) -> Result<Delivered, sqlx::Error> {
     let data: String = r.try_get(6)?;
+    let recheck: i64 = r.try_get(7)?;
     Ok(Delivered {
         id: u64::try_from(r.try_get::<i64, _>(0)?).unwrap_or(0),
         event_id: r.try_get(1)?,
@@ -141,12 +160,17 @@ fn row_event(r: &sqlx::any::AnyRow) -> Result<Delivered, sqlx::Error> {
         subject: r.try_get(4)?,
         time: rfc3339(r.try_get(5)?),
         data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
+        recheck: recheck != 0,
     })
 }
 
 impl Notifier {
     /// The history tables, migrated.
-    pub async fn open(cfg: &Config, db: Db) -> Result<Arc<Notifier>, String> {
+    pub async fn open(
+        cfg: &Config,
+        db: Db,
+        access: Option<access::Access>,
+    ) -> Result<Arc<Notifier>, String> {
         db.migrate("notification", MIGRATIONS)
             .await
             .map_err(|e| format!("notification history: {e}"))?;
@@ -158,6 +182,7 @@ impl Notifier {
             open: AtomicUsize::new(0),
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
             fanout: None,
+            access,
         }))
     }
 
@@ -167,9 +192,10 @@ impl Notifier {
     pub async fn open_shared(
         cfg: &Config,
         db: Db,
+        access: Option<access::Access>,
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Notifier>, String> {
-        let local = Notifier::open(cfg, db).await?;
+        let local = Notifier::open(cfg, db, access).await?;
         let mut n = Arc::try_unwrap(local).map_err(|_| "notifier shared too early".to_string())?;
         let client =
             redis::Client::open(cfg.redis.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
@@ -202,7 +228,7 @@ impl Notifier {
                                     let Some(m) = m else { break };
                                     let Some(n) = weak.upgrade() else { return };
                                     match serde_json::from_slice::<Wire>(m.get_payload_bytes()) {
-                                        Ok(w) => n.deliver(&w.user, Arc::new(w.event)),
+                                        Ok(w) => n.deliver(&w.user, Arc::new(Delivered { recheck: w.recheck, ..w.event })),
                                         Err(e) => tracing::warn!(error = %e, "bad event on the Redis channel"),
                                     }
                                 }
@@ -272,8 +298,8 @@ impl Notifier {
         .map_err(db_err)?;
         sqlx::query(
             "INSERT INTO notification_events
-                 (user_id, seq, event_id, type, source, subject, time_ms, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 (user_id, seq, event_id, type, source, subject, time_ms, data, recheck)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(user)
         .bind(seq)
@@ -283,6 +309,7 @@ impl Notifier {
         .bind(&e.subject)
         .bind(e.time_ms)
         .bind(&e.data)
+        .bind(i64::from(e.recheck))
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
@@ -296,12 +323,14 @@ impl Notifier {
             subject: e.subject.clone(),
             time: rfc3339(e.time_ms),
             data: serde_json::from_str(&e.data).unwrap_or(serde_json::Value::Null),
+            recheck: e.recheck,
         });
         match &self.fanout {
             Some((conn, channel)) => {
                 let wire = serde_json::to_string(&Wire {
                     user: user.to_string(),
                     event: (*delivered).clone(),
+                    recheck: delivered.recheck,
                 })
                 .unwrap_or_default();
                 let mut conn = conn.clone();
@@ -377,7 +406,8 @@ impl Notifier {
     /// `user`'s events after `after`, oldest first, at most one page.
     pub(crate) async fn replay(&self, user: &str, after: u64) -> Result<Vec<Delivered>, String> {
         let rows = sqlx::query(
-            "SELECT seq, event_id, type, source, subject, time_ms, data FROM notification_events
+            "SELECT seq, event_id, type, source, subject, time_ms, data, recheck
+             FROM notification_events
              WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
         )
         .bind(user)
@@ -410,6 +440,24 @@ impl Notifier {
                 .transpose()
                 .map_err(|e| e.to_string())?;
         Ok((first.map(|f| f as u64), last.map(|l| l as u64).unwrap_or(0)))
+    }
+
+    /// Whether `e` may be written to `user`'s socket now: yes unless it needs an access
+    /// re-check and `user` may no longer read its subject. `Err` when that cannot be decided
+    /// (the socket must not go past the event).
+    pub(crate) async fn may_deliver(&self, user: &str, e: &Delivered) -> Result<bool, String> {
+        if !e.recheck {
+            return Ok(true);
+        }
+        let Some(access) = &self.access else {
+            metrics::counter!("notification_withheld_total").increment(1);
+            return Ok(false);
+        };
+        let allowed = access.may_read(user, &e.subject).await?;
+        if !allowed {
+            metrics::counter!("notification_withheld_total").increment(1);
+        }
+        Ok(allowed)
     }
 
     /// Forget events older than the retention. Returns how many went.
@@ -473,6 +521,9 @@ fn check_event(users: &[String], e: &NewEvent) -> Result<(), PublishError> {
     {
         return bad("a type of 1 to 64 letters, digits, `.`, `_`, `-`");
     }
+    if e.recheck && e.subject.is_empty() {
+        return bad("recheck_subject needs a subject (the file id)");
+    }
     if e.source.len() > 128 || e.subject.len() > 256 {
         return bad("source up to 128 bytes, subject up to 256");
     }
@@ -485,16 +536,17 @@ fn check_event(users: &[String], e: &NewEvent) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Start the service: history tables, trimming.
+/// Start the service: history tables, trimming. `access` answers re-checks at delivery.
 pub async fn start(
     cfg: &Config,
     db: Db,
+    access: Option<access::Access>,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Notifier>, String> {
     let n = if cfg.redis.url.is_empty() {
-        Notifier::open(cfg, db).await?
+        Notifier::open(cfg, db, access).await?
     } else {
-        Notifier::open_shared(cfg, db, stop.clone()).await?
+        Notifier::open_shared(cfg, db, access, stop.clone()).await?
     };
     n.spawn_trimmer(stop);
     Ok(n)

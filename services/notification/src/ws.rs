@@ -161,6 +161,28 @@ async fn send_text(socket: &mut WebSocket, text: String) -> bool {
     socket.send(Message::Text(text.into())).await.is_ok()
 }
 
+/// Write event `e` to `user`'s socket if the user may still be told (access re-check).
+/// `Ok(false)`: the socket is gone; `Err`: close with this code (access undecidable: the
+/// client resumes later and the event is checked again).
+async fn forward(
+    socket: &mut WebSocket,
+    n: &Notifier,
+    user: &str,
+    e: &Delivered,
+) -> Result<bool, (u16, &'static str)> {
+    match n.may_deliver(user, e).await {
+        Ok(true) => Ok(send_text(socket, e.json()).await),
+        Ok(false) => Ok(true),
+        Err(why) => {
+            tracing::warn!(error = %why, "access re-check failed; closing the socket");
+            Err((
+                1011,
+                "permission service unavailable; reconnect with last_event_id",
+            ))
+        }
+    }
+}
+
 /// One socket: catch up from `last`, then live events, heartbeats and token checks.
 async fn session(
     mut socket: WebSocket,
@@ -245,8 +267,10 @@ async fn run(
             break;
         }
         for e in page {
-            if !send_text(socket, e.json()).await {
-                return None;
+            match forward(socket, n, user, &e).await {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(why) => return Some(why),
             }
             sent = e.id;
         }
@@ -287,8 +311,10 @@ async fn live(
                             };
                             let Some(last) = page.last().map(|p| p.id) else { break };
                             for old in page.into_iter().filter(|p| p.id < e.id) {
-                                if !send_text(socket, old.json()).await {
-                                    return None;
+                                match forward(socket, &ws.n, user, &old).await {
+                                    Ok(true) => {}
+                                    Ok(false) => return None,
+                                    Err(why) => return Some(why),
                                 }
                                 sent = old.id;
                             }
@@ -298,8 +324,10 @@ async fn live(
                         }
                     }
                     if e.id > sent {
-                        if !send_text(socket, e.json()).await {
-                            return None;
+                        match forward(socket, &ws.n, user, &e).await {
+                            Ok(true) => {}
+                            Ok(false) => return None,
+                            Err(why) => return Some(why),
                         }
                         sent = e.id;
                     }

@@ -141,7 +141,10 @@ impl PermissionService for Service {
         request: Request<pb::DeleteObjectRequest>,
     ) -> Result<Response<pb::DeleteObjectResponse>, Status> {
         let r = request.into_inner();
-        let revision = self.0.delete_object(&r.file_id).await?;
-        Ok(Response::new(pb::DeleteObjectResponse { revision }))
+        let (revision, holders) = self.0.delete_object_holders(&r.file_id).await?;
+        Ok(Response::new(pb::DeleteObjectResponse {
+            revision,
+            holders,
+        }))
     }
 }

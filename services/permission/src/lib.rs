@@ -289,10 +289,17 @@ impl Permissions {
 
     /// Remove a file and every grant on it. Deleting an unknown file is not an error.
     pub async fn delete_object(&self, file: &str) -> Result<u64, Error> {
+        Ok(self.delete_object_holders(file).await?.0)
+    }
+
+    /// [`Permissions::delete_object`], also answering the users who held a direct grant on
+    /// the file (owner included) so they can be told it is gone; empty when there was
+    /// nothing to delete.
+    pub async fn delete_object_holders(&self, file: &str) -> Result<(u64, Vec<String>), Error> {
         check_id(file, "file_id")?;
-        let (revision, lease_ms) = match self.store.delete_object(file).await? {
-            (Some(revision), lease_ms) => (revision, lease_ms),
-            (None, lease_ms) => (self.store.revision().await?, lease_ms),
+        let (revision, lease_ms, holders) = match self.store.delete_object(file).await? {
+            (Some(revision), lease_ms, holders) => (revision, lease_ms, holders),
+            (None, lease_ms, _) => (self.store.revision().await?, lease_ms, Vec::new()),
         };
         // Applied even when there was nothing to delete (a retry, or a lost race with a
         // concurrent delete), as for revokes.
@@ -302,7 +309,7 @@ impl Permissions {
             subject: String::new(),
         }]);
         self.commit_wait(lease_ms).await;
-        Ok(revision)
+        Ok((revision, holders))
     }
 
     /// With several replicas: wait until every replica's cache lease has renewed past this

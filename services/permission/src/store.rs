@@ -480,16 +480,20 @@ impl Store {
 
     /// Remove a file and every tuple on it. The revision is `None` if there was no such
     /// file; the second value is the longest published lease (ms).
-    pub(crate) async fn delete_object(&self, file: &str) -> Result<(Option<u64>, u64), Error> {
+    /// Delete `file` and its grants: (revision, lease, the users who held a direct grant).
+    pub(crate) async fn delete_object(
+        &self,
+        file: &str,
+    ) -> Result<(Option<u64>, u64, Vec<String>), Error> {
         let mut tx = self.begin().await?;
         match Self::delete_in(&mut tx, file).await {
-            Ok((Some(revision), lease_ms)) => {
+            Ok((Some(revision), lease_ms, holders)) => {
                 tx.commit().await.map_err(db_err)?;
-                Ok((Some(revision), lease_ms))
+                Ok((Some(revision), lease_ms, holders))
             }
-            Ok((None, lease_ms)) => {
+            Ok((None, lease_ms, _)) => {
                 Self::rollback(tx).await?;
-                Ok((None, lease_ms))
+                Ok((None, lease_ms, Vec::new()))
             }
             Err(e) => {
                 // The first error is the one to report.
@@ -502,8 +506,23 @@ impl Store {
     async fn delete_in(
         tx: &mut Transaction<'static, Any>,
         file: &str,
-    ) -> Result<(Option<u64>, u64), Error> {
+    ) -> Result<(Option<u64>, u64, Vec<String>), Error> {
         let (revision, lease_ms) = Self::bump(tx).await?;
+        let holders = sqlx::query(
+            "SELECT DISTINCT subject_id FROM perm_tuples
+             WHERE object_type = $1 AND object_id = $2 AND subject_type = $3
+                 AND subject_relation = '' ORDER BY subject_id",
+        )
+        .bind(FILE)
+        .bind(file)
+        .bind(USER)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.try_get::<String, _>(0))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
         let gone =
             sqlx::query("DELETE FROM perm_objects WHERE object_type = $1 AND object_id = $2")
                 .bind(FILE)
@@ -520,10 +539,10 @@ impl Store {
                 .await
                 .map_err(db_err)?;
         if gone.rows_affected() == 0 && tuples.rows_affected() == 0 {
-            return Ok((None, lease_ms));
+            return Ok((None, lease_ms, Vec::new()));
         }
         Self::log(tx, revision, file, "", now_secs()).await?;
-        Ok((Some(revision), lease_ms))
+        Ok((Some(revision), lease_ms, holders))
     }
 
     /// Changes after `after` up to `upto`, at most `limit` (in revision order).

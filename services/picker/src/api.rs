@@ -43,9 +43,9 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         )
         .route("/api/files/share", post(share))
         .route("/api/files", get(list))
-        .route("/api/files/download", post(not_yet_import))
+        .route("/api/files/download", post(crate::jobs::start_import))
         .route("/api/transform/{id}", post(not_yet_transform))
-        .route("/api/jobs/{id}", get(job))
+        .route("/api/jobs/{id}", get(crate::jobs::job))
         .route(
             "/api/openapi.json",
             get(|| async {
@@ -480,7 +480,7 @@ pub(crate) async fn commit_stored(
     }
     crate::failpoint::hit("picker.after_owner");
     budget.used += row.size;
-    p.events.publish(
+    p.events.publish_content(
         "file.uploaded",
         vec![user.to_string()],
         &row.id,
@@ -1108,7 +1108,7 @@ pub(crate) async fn delete_file(
 /// half-deleted file), then the row, then the engine's references; `file.deleted`.
 pub(crate) async fn remove_file(p: &Picker, user: &str, id: &str) -> Result<(), ApiError> {
     let row = authorized(p, user, id, Right::Delete).await?;
-    p.authz.delete_object(id).await?;
+    let holders = p.authz.delete_object(id).await?;
     p.meta.delete(id).await.map_err(db_error)?;
     if let Ok(engine_id) = row.engine_file() {
         match p.engine.delete(engine_id).await {
@@ -1119,13 +1119,15 @@ pub(crate) async fn remove_file(p: &Picker, user: &str, id: &str) -> Result<(), 
             }
         }
     }
-    // The owner and whoever deleted it (a writer with the delete right). Other users it was
-    // shared with are not told yet: the permission service cannot list an object's holders.
-    let mut told = vec![row.owner_id.clone()];
-    if user != row.owner_id {
-        told.push(user.to_string());
+    // Everyone who held a grant on it (the owner, users it was shared with) and whoever
+    // deleted it.
+    let mut told = holders;
+    for u in [&row.owner_id, user] {
+        if !told.iter().any(|t| t == u) {
+            told.push(u.to_string());
+        }
     }
-    p.events.publish(
+    p.events.publish_access(
         "file.deleted",
         told,
         id,
@@ -1211,7 +1213,7 @@ pub(crate) async fn share(
     if actor != row.owner_id {
         told.push(actor.clone());
     }
-    p.events.publish(
+    p.events.publish_access(
         "file.shared",
         told,
         &row.id,
@@ -1226,16 +1228,6 @@ pub(crate) async fn share(
     })))
 }
 
-#[utoipa::path(post, path = "/api/files/download", tag = "jobs",
-    responses((status = 501, description = "Imports arrive with the downloader service", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn not_yet_import() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "imports are not available yet (they arrive with the downloader service)",
-    )
-}
-
 #[utoipa::path(post, path = "/api/transform/{id}", tag = "jobs",
     params(("id" = String, Path, description = "File id")),
     responses((status = 501, description = "Transforms arrive with the transformer service", body = crate::openapi::ErrorBody)))]
@@ -1245,14 +1237,6 @@ pub(crate) async fn not_yet_transform() -> ApiError {
         "not_implemented",
         "transforms are not available yet (they arrive with the transformer service)",
     )
-}
-
-/// No job exists until imports and transforms do.
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "Job id")),
-    responses((status = 404, description = "No jobs exist yet", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn job(Path(_id): Path<String>) -> ApiError {
-    ApiError::not_found()
 }
 
 #[cfg(test)]

@@ -155,9 +155,10 @@ impl Authz {
         }
     }
 
-    pub async fn delete_object(&self, file: &str) -> Result<u64, AuthzError> {
+    /// Delete `file` and its grants; answers the users who held one (owner included).
+    pub async fn delete_object(&self, file: &str) -> Result<Vec<String>, AuthzError> {
         match self {
-            Authz::Local(p) => Ok(p.delete_object(file).await?),
+            Authz::Local(p) => Ok(p.delete_object_holders(file).await?.1),
             Authz::Remote(c) => Ok(c
                 .clone()
                 .delete_object(pb::DeleteObjectRequest {
@@ -165,7 +166,7 @@ impl Authz {
                 })
                 .await?
                 .into_inner()
-                .revision),
+                .holders),
         }
     }
 

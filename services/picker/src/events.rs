@@ -23,6 +23,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tries per event: backoff from 100 ms doubling to 5 s, ~5 minutes in all.
 const PUBLISH_TRIES: u32 = 66;
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Users one Publish may name (the notification service's limit).
+const MAX_USERS_PER_PUBLISH: usize = 1000;
 
 #[derive(Debug)]
 struct Pending {
@@ -104,8 +106,19 @@ impl Publisher {
         Ok(Publisher { tx: Some(tx) })
     }
 
-    /// Queue an event for `users`; never waits.
-    pub fn publish(&self, kind: &str, users: Vec<String>, subject: &str, data: Value) {
+    /// Queue an event about the content of file `subject` for `users`: each is told only
+    /// if it may still read the file when the event is delivered. Never waits.
+    pub fn publish_content(&self, kind: &str, users: Vec<String>, subject: &str, data: Value) {
+        self.queue(kind, users, subject, data, true);
+    }
+
+    /// Queue an event about access to `subject` (shared, revoked, deleted) for `users`:
+    /// told whatever their access is by then. Never waits.
+    pub fn publish_access(&self, kind: &str, users: Vec<String>, subject: &str, data: Value) {
+        self.queue(kind, users, subject, data, false);
+    }
+
+    fn queue(&self, kind: &str, users: Vec<String>, subject: &str, data: Value, recheck: bool) {
         let Some(tx) = &self.tx else {
             dropped("no_notification_service");
             return;
@@ -123,9 +136,17 @@ impl Publisher {
                 nanos: now.subsec_nanos() as i32,
             }),
             data_json: data.to_string(),
+            recheck_subject: recheck,
         };
-        if tx.try_send(Pending { users, event }).is_err() {
-            dropped("queue_full");
+        // One Publish names at most 1,000 users; the event id is the same in each part.
+        for part in users.chunks(MAX_USERS_PER_PUBLISH) {
+            let p = Pending {
+                users: part.to_vec(),
+                event: event.clone(),
+            };
+            if tx.try_send(p).is_err() {
+                dropped("queue_full");
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod failpoint;
 pub mod files;
 pub mod grpc;
+pub mod jobs;
 pub mod meta;
 pub mod openapi;
 pub mod tus;
@@ -35,6 +36,8 @@ pub struct Picker {
     pub cfg: PickerConfig,
     /// Events for the notification service.
     pub events: events::Publisher,
+    /// The downloader (imports); `None`: imports answer 503.
+    pub downloader: Option<jobs::Downloader>,
     /// Background GC passes completed (for tests and metrics).
     pub gc_runs: std::sync::atomic::AtomicU64,
     /// Bytes the bulk gRPC API received in data and chunk messages (also the metric
@@ -201,6 +204,11 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
     } else {
         events::Publisher::grpc(&cfg.picker.notification_url)?
     };
+    let downloader = if cfg.picker.downloader_url.is_empty() {
+        None
+    } else {
+        Some(jobs::downloader(&cfg.picker.downloader_url)?)
+    };
     Ok(Arc::new(Picker {
         engine,
         meta,
@@ -208,6 +216,7 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         users,
         cfg: cfg.picker.clone(),
         events,
+        downloader,
         gc_runs: 0.into(),
         grpc_bytes_received: std::sync::atomic::AtomicU64::new(0),
         commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

@@ -21,6 +21,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("../migrations/0004_folders.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("../migrations/0005_jobs.sql"),
+    },
 ];
 
 /// A resumable upload (tus).
@@ -117,6 +121,11 @@ impl Meta {
     pub async fn open(db: Db) -> Result<Meta, DbError> {
         db.migrate("picker", MIGRATIONS).await?;
         Ok(Meta { db })
+    }
+
+    /// The database (for tables kept by other modules: jobs).
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     pub async fn insert(&self, f: &FileRow) -> Result<(), sqlx::Error> {

@@ -468,7 +468,7 @@ async fn bad_requests_get_clear_errors() {
             .unwrap();
         assert_eq!(r.status(), 400, "{ctype} {body:?}");
     }
-    // Imports and transforms do not pretend to work.
+    // Without a downloader configured, imports say so rather than pretend.
     let r = c
         .post(format!("{url}/api/files/download"))
         .bearer_auth(&alice)
@@ -476,7 +476,14 @@ async fn bad_requests_get_clear_errors() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 501);
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("downloader_url")
+    );
     let r = c
         .get(format!("{url}/api/files?limit=0"))
         .bearer_auth(&alice)

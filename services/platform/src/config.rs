@@ -40,6 +40,8 @@ pub struct Config {
     pub picker: PickerConfig,
     /// The notification service: events over WebSocket.
     pub notification: NotificationConfig,
+    /// The downloader: imports from URLs and cloud drives.
+    pub downloader: DownloaderConfig,
 }
 
 impl Default for Config {
@@ -56,6 +58,46 @@ impl Default for Config {
             permission: PermissionConfig::default(),
             picker: PickerConfig::default(),
             notification: NotificationConfig::default(),
+            downloader: DownloaderConfig::default(),
+        }
+    }
+}
+
+/// Downloader settings (imports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloaderConfig {
+    /// gRPC address of the picker's internal API, where imported bytes are written
+    /// (`http://picker:9090`); empty under `fms serve` (its own).
+    pub picker_url: String,
+    /// Addresses and networks a fetch may reach although they are refused by default
+    /// (loopback, private, link-local...): `["10.1.0.0/16", "127.0.0.1"]`. Empty: none.
+    pub allow: Vec<String>,
+    /// Largest file imported; a source that sends more is cut off and nothing is stored.
+    pub max_size: ByteSize,
+    /// Longest an import may take, retries included.
+    pub timeout: Duration,
+    /// A source that sends nothing for this long is dropped (and retried).
+    pub idle_timeout: Duration,
+    /// Connection attempts per import after the first (connection errors, 5xx, 429,
+    /// a body cut short: resumed with `Range` where the source allows).
+    pub retries: u32,
+    /// Imports running at once in this process, and per user.
+    pub max_concurrent: u32,
+    pub max_per_user: u32,
+}
+
+impl Default for DownloaderConfig {
+    fn default() -> Self {
+        DownloaderConfig {
+            picker_url: String::new(),
+            allow: Vec::new(),
+            max_size: ByteSize(5 << 30),
+            timeout: Duration(std::time::Duration::from_secs(3600)),
+            idle_timeout: Duration(std::time::Duration::from_secs(30)),
+            retries: 8,
+            max_concurrent: 64,
+            max_per_user: 4,
         }
     }
 }
@@ -76,6 +118,10 @@ pub struct NotificationConfig {
     pub max_connections: u32,
     /// Ping interval; a socket silent for three intervals is closed.
     pub heartbeat: Duration,
+    /// The permission service's gRPC address (`fms notification` only; `fms serve` asks
+    /// the one in its process): events published with `recheck_subject` are delivered only
+    /// to users who may still read their subject.
+    pub permission_url: String,
 }
 
 impl Default for NotificationConfig {
@@ -87,6 +133,7 @@ impl Default for NotificationConfig {
             max_connections_per_user: 32,
             max_connections: 20_000,
             heartbeat: Duration(std::time::Duration::from_secs(20)),
+            permission_url: String::new(),
         }
     }
 }
@@ -119,6 +166,9 @@ pub struct PickerConfig {
     /// Browser origins allowed to call the API from another origin (CORS), e.g.
     /// `["https://app.example.com"]`; `["*"]`: any; empty: none.
     pub cors_origins: Vec<String>,
+    /// gRPC address of the downloader (`http://downloader:9090`) for imports; empty under
+    /// `fms serve` (its own); empty elsewhere: imports answer 503.
+    pub downloader_url: String,
 }
 
 impl Default for PickerConfig {
@@ -133,6 +183,7 @@ impl Default for PickerConfig {
             reconcile_grace: Duration(std::time::Duration::from_secs(600)),
             upload_expiry: Duration(std::time::Duration::from_secs(24 * 3600)),
             cors_origins: Vec::new(),
+            downloader_url: String::new(),
         }
     }
 }
@@ -513,6 +564,12 @@ impl Config {
         for (key, u) in [
             ("picker.permission_url", &self.picker.permission_url),
             ("picker.notification_url", &self.picker.notification_url),
+            ("picker.downloader_url", &self.picker.downloader_url),
+            ("downloader.picker_url", &self.downloader.picker_url),
+            (
+                "notification.permission_url",
+                &self.notification.permission_url,
+            ),
         ] {
             if !u.is_empty() && !u.starts_with("http://") && !u.starts_with("https://") {
                 return Err(invalid(
@@ -520,6 +577,22 @@ impl Config {
                     "must be an http(s):// gRPC address or empty".into(),
                 ));
             }
+        }
+        let d = &self.downloader;
+        if d.max_size.0 == 0 {
+            return Err(invalid("downloader.max_size", "must be above 0".into()));
+        }
+        if d.idle_timeout.0 < std::time::Duration::from_secs(1) || d.timeout.0 < d.idle_timeout.0 {
+            return Err(invalid(
+                "downloader.timeout",
+                "idle_timeout must be at least 1s and timeout at least idle_timeout".into(),
+            ));
+        }
+        if d.max_concurrent == 0 || d.max_per_user == 0 || d.retries > 100 {
+            return Err(invalid(
+                "downloader.max_concurrent",
+                "max_concurrent and max_per_user must be above 0, retries at most 100".into(),
+            ));
         }
         let p = &self.permission;
         if p.sync_interval.0 < std::time::Duration::from_millis(1)
@@ -649,6 +722,24 @@ fn env_value(v: &str) -> toml::Value {
     }
 }
 
+fn env_list(s: &str) -> Result<toml::Value, String> {
+    let s = s.trim();
+    if s.starts_with('[') {
+        return format!("v = {s}")
+            .parse::<toml::Table>()
+            .map_err(|e| format!("not a TOML array: {e}"))?
+            .remove("v")
+            .ok_or_else(|| "not a TOML array".to_string());
+    }
+    Ok(toml::Value::Array(
+        s.split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(|x| toml::Value::String(x.to_string()))
+            .collect(),
+    ))
+}
+
 fn set_path(
     table: &mut toml::Table,
     defaults: &toml::Table,
@@ -667,6 +758,11 @@ fn set_path(
             "{last} is a section; set one of its keys (with a double underscore)"
         ));
     }
+    // Lists from the environment: a TOML array (`["a", "b"]`) or comma-separated (`a,b`).
+    let value = match (d.and_then(|t| t.get(last)), value) {
+        (Some(toml::Value::Array(_)), toml::Value::String(s)) => env_list(&s)?,
+        (_, v) => v,
+    };
     let mut t = table;
     for p in parents {
         let entry = t
@@ -814,6 +910,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.auth.argon2.memory_kib, 65536);
+        for list in [r#"["10.0.0.0/8", "127.0.0.1"]"#, "10.0.0.0/8, 127.0.0.1"] {
+            let c = Config::load(None, env(&[("FMS_DOWNLOADER__ALLOW", list)])).unwrap();
+            assert_eq!(c.downloader.allow, ["10.0.0.0/8", "127.0.0.1"]);
+        }
+        let err = Config::load(None, env(&[("FMS_DOWNLOADER__ALLOW", "[1, ")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("downloader.allow"), "{err}");
         assert_eq!(c.database.url, "postgres://fms@db/fms");
         assert!(c.auth.key_rotation.0.is_zero());
     }

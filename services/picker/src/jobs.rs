@@ -1,0 +1,432 @@
+//! Imports: `POST /api/files/download` asks the downloader (`DownloadFile`), which streams
+//! the source into this picker's internal `PutFile`; `GET /api/jobs/{id}` shows how it goes.
+//!
+//! A job row is written before the downloader is called (its id is the import's idempotency
+//! key); what the downloader refuses at once (a bad or forbidden URL, too many imports) is
+//! answered synchronously and leaves no job. Otherwise a task follows the call's stream,
+//! recording progress, then `completed` with the file or `failed` with a reason, and
+//! publishes `import.progress`, `file.imported` or `import.failed` to the user. The task
+//! touches the row every few seconds while it waits; a `running` job untouched for a minute
+//! lost its picker (a restart) and reads as `failed: interrupted`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fms_platform::ApiError;
+use fms_proto::downloader::v1 as pb;
+use pb::downloader_service_client::DownloaderServiceClient;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+use tonic::transport::Channel;
+
+use fms_auth::verify::Authenticated;
+use fms_platform::error::ApiJson;
+
+use crate::Picker;
+use crate::api::{db_error, now_ms};
+
+/// A running job untouched for this long has lost its picker.
+const STALE_MS: i64 = 60_000;
+/// How often a waiting job's row is touched.
+const TOUCH_EVERY: Duration = Duration::from_secs(5);
+/// `import.progress` events, at most this often per job.
+const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(2);
+
+/// The downloader, over gRPC.
+pub type Downloader = DownloaderServiceClient<Channel>;
+
+/// Connect (lazily) to the downloader at `url`.
+pub fn downloader(url: &str) -> Result<Downloader, String> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("picker.downloader_url: {e}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy();
+    Ok(DownloaderServiceClient::new(channel))
+}
+
+/// `POST /api/files/download` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// `url` (default), `google_drive`, `dropbox`, `s3`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// For `url`: an absolute http(s) URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Name for the stored file; default: from the source.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// One job as stored.
+#[derive(Debug, Clone)]
+struct JobRow {
+    id: String,
+    owner_id: String,
+    kind: String,
+    state: String,
+    source: String,
+    bytes: i64,
+    total: i64,
+    file_id: String,
+    error_code: String,
+    error_message: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+fn job_json(j: &JobRow) -> Value {
+    let mut state = j.state.as_str();
+    let (mut code, mut message) = (j.error_code.as_str(), j.error_message.as_str());
+    if (state == "running" || state == "queued") && now_ms() - j.updated_at > STALE_MS {
+        state = "failed";
+        code = "interrupted";
+        message = "the import was interrupted (the picker restarted); start it again";
+    }
+    let mut v = json!({
+        "id": j.id,
+        "kind": j.kind,
+        "state": state,
+        "source": serde_json::from_str::<Value>(&j.source).unwrap_or(Value::Null),
+        "bytes_received": j.bytes,
+        "total_bytes": if j.total >= 0 { json!(j.total) } else { Value::Null },
+        "created_at": time(j.created_at),
+        "updated_at": time(j.updated_at),
+    });
+    if !j.file_id.is_empty() {
+        v["file_id"] = json!(j.file_id);
+    }
+    if state == "failed" {
+        v["error"] = json!({"code": code, "message": message});
+    }
+    v
+}
+
+fn time(ms: i64) -> String {
+    fms_platform::logging::rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
+}
+
+const COLUMNS: &str = "id, owner_id, kind, state, source, bytes, total, file_id, error_code, \
+                       error_message, created_at, updated_at";
+
+fn row(r: sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
+    Ok(JobRow {
+        id: r.try_get(0)?,
+        owner_id: r.try_get(1)?,
+        kind: r.try_get(2)?,
+        state: r.try_get(3)?,
+        source: r.try_get(4)?,
+        bytes: r.try_get(5)?,
+        total: r.try_get(6)?,
+        file_id: r.try_get(7)?,
+        error_code: r.try_get(8)?,
+        error_message: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+    })
+}
+
+async fn get(p: &Picker, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM jobs WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(&p.meta.db().pool)
+    .await?
+    .map(row)
+    .transpose()
+}
+
+async fn insert(p: &Picker, j: &JobRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO jobs (id, owner_id, kind, state, source, bytes, total, file_id,
+             error_code, error_message, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(&j.id)
+    .bind(&j.owner_id)
+    .bind(&j.kind)
+    .bind(&j.state)
+    .bind(&j.source)
+    .bind(j.bytes)
+    .bind(j.total)
+    .bind(&j.file_id)
+    .bind(&j.error_code)
+    .bind(&j.error_message)
+    .bind(j.created_at)
+    .bind(j.updated_at)
+    .execute(&p.meta.db().pool)
+    .await?;
+    Ok(())
+}
+
+/// Record progress (or just that the job is alive).
+async fn touch(p: &Picker, id: &str, bytes: i64, total: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET bytes = $1, total = $2, updated_at = $3 WHERE id = $4")
+        .bind(bytes)
+        .bind(total)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&p.meta.db().pool)
+        .await?;
+    Ok(())
+}
+
+async fn finish(
+    p: &Picker,
+    id: &str,
+    state: &str,
+    file_id: &str,
+    error: (&str, &str),
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE jobs SET state = $1, file_id = $2, error_code = $3, error_message = $4,
+             updated_at = $5 WHERE id = $6",
+    )
+    .bind(state)
+    .bind(file_id)
+    .bind(error.0)
+    .bind(error.1)
+    .bind(now_ms())
+    .bind(id)
+    .execute(&p.meta.db().pool)
+    .await?;
+    Ok(())
+}
+
+/// What a user is told for a downloader status: (HTTP status, code).
+fn classify(s: &tonic::Status) -> (StatusCode, &'static str) {
+    use tonic::Code as C;
+    match s.code() {
+        C::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_source"),
+        C::PermissionDenied => (StatusCode::BAD_GATEWAY, "source_denied"),
+        C::NotFound => (StatusCode::BAD_GATEWAY, "source_not_found"),
+        C::OutOfRange => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        C::DeadlineExceeded => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        C::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "too_many_imports"),
+        C::Unimplemented => (StatusCode::NOT_IMPLEMENTED, "not_implemented"),
+        C::FailedPrecondition => (StatusCode::BAD_GATEWAY, "source_error"),
+        C::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "source_unavailable"),
+        _ => (StatusCode::BAD_GATEWAY, "import_failed"),
+    }
+}
+
+/// Forbidden addresses are refused as the request's fault: 400 `url_refused`.
+fn refused(s: &tonic::Status) -> bool {
+    s.code() == tonic::Code::InvalidArgument && s.message().contains("refused")
+}
+
+/// What was asked, without secrets: the URL without credentials or query.
+fn describe_url(raw: &str) -> Value {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            json!({"type": "url", "url": u.as_str()})
+        }
+        Err(_) => json!({"type": "url"}),
+    }
+}
+
+/// `POST /api/files/download`: start an import; `202` with the job.
+#[utoipa::path(post, path = "/api/files/download", tag = "jobs",
+    request_body = ImportBody,
+    responses(
+        (status = 202, description = "The import runs; follow it at /api/jobs/{id}"),
+        (status = 400, description = "invalid_source or url_refused (a forbidden address or scheme)", body = crate::openapi::ErrorBody),
+        (status = 429, description = "too_many_imports", body = crate::openapi::ErrorBody),
+        (status = 501, description = "A source not available yet", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
+        (status = 503, description = "The downloader is unavailable; retry", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn start_import(
+    State(p): State<Arc<Picker>>,
+    Authenticated(claims): Authenticated,
+    ApiJson(body): ApiJson<ImportBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let user = claims.sub;
+    let source = body.source.as_deref().unwrap_or("url");
+    let (request_source, described) = match source {
+        "url" => {
+            let url = body
+                .url
+                .clone()
+                .ok_or_else(|| ApiError::bad_request("`url` is required for a url import"))?;
+            (
+                pb::download_file_request::Source::Url(pb::UrlSource { url: url.clone() }),
+                describe_url(&url),
+            )
+        }
+        "google_drive" | "dropbox" | "s3" => {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "not_implemented",
+                format!("imports from {source} are not available yet; url imports are"),
+            ));
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_source",
+                format!("unknown source {other:?}: use url, google_drive, dropbox or s3"),
+            ));
+        }
+    };
+    if let Some(n) = &body.name {
+        crate::api::check_name(n)?;
+    }
+    let Some(downloader) = p.downloader.clone() else {
+        return Err(ApiError::unavailable(
+            "imports are not configured here (picker.downloader_url)",
+            30,
+        ));
+    };
+    let now = now_ms();
+    let job = JobRow {
+        id: uuid::Uuid::now_v7().to_string(),
+        owner_id: user.clone(),
+        kind: "import".into(),
+        state: "running".into(),
+        source: described.to_string(),
+        bytes: 0,
+        total: -1,
+        file_id: String::new(),
+        error_code: String::new(),
+        error_message: String::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    insert(&p, &job).await.map_err(db_error)?;
+    let request = pb::DownloadFileRequest {
+        owner_id: user.clone(),
+        name: body.name.clone().unwrap_or_default(),
+        idempotency_key: job.id.clone(),
+        source: Some(request_source),
+    };
+    let stream = match downloader.clone().download_file(request).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            // Refused before anything ran: no job.
+            let _ = sqlx::query("DELETE FROM jobs WHERE id = $1")
+                .bind(&job.id)
+                .execute(&p.meta.db().pool)
+                .await;
+            let (status, code) = if refused(&s) {
+                (StatusCode::BAD_REQUEST, "url_refused")
+            } else if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
+                return Err(ApiError::unavailable("the downloader is unavailable", 5));
+            } else {
+                classify(&s)
+            };
+            return Err(ApiError::new(status, code, s.message().to_string()));
+        }
+    };
+    let task = p.clone();
+    let id = job.id.clone();
+    tokio::spawn(async move { follow(task, id, user, stream).await });
+    metrics::counter!("picker_imports_total").increment(1);
+    Ok((StatusCode::ACCEPTED, Json(job_json(&job))))
+}
+
+/// Follow one import's stream to its end.
+async fn follow(
+    p: Arc<Picker>,
+    id: String,
+    user: String,
+    mut stream: tonic::Streaming<pb::DownloadFileResponse>,
+) {
+    let (mut bytes, mut total) = (0i64, -1i64);
+    let mut last_event = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(TOUCH_EVERY);
+    tick.tick().await;
+    let outcome: Result<fms_proto::picker::v1::FileInfo, tonic::Status> = loop {
+        tokio::select! {
+            m = stream.message() => match m {
+                Ok(Some(pb::DownloadFileResponse { msg: Some(pb::download_file_response::Msg::Progress(pr)) })) => {
+                    bytes = pr.bytes_received as i64;
+                    total = pr.total_bytes.map(|t| t as i64).unwrap_or(-1);
+                    if let Err(e) = touch(&p, &id, bytes, total).await {
+                        tracing::warn!(error = %e, job = %id, "job progress not recorded");
+                    }
+                    if last_event.elapsed() >= PROGRESS_EVENT_EVERY {
+                        last_event = tokio::time::Instant::now();
+                        p.events.publish_access(
+                            "import.progress",
+                            vec![user.clone()],
+                            &id,
+                            json!({"job_id": id, "bytes_received": bytes,
+                                   "total_bytes": if total >= 0 { json!(total) } else { Value::Null }}),
+                        );
+                    }
+                }
+                Ok(Some(pb::DownloadFileResponse { msg: Some(pb::download_file_response::Msg::File(f)) })) => break Ok(f),
+                Ok(Some(_)) => continue,
+                Ok(None) => break Err(tonic::Status::internal("the downloader ended without a file")),
+                Err(s) => break Err(s),
+            },
+            _ = tick.tick() => {
+                let _ = touch(&p, &id, bytes, total).await;
+            }
+        }
+    };
+    match outcome {
+        Ok(f) => {
+            if let Err(e) = touch(&p, &id, f.size as i64, f.size as i64).await {
+                tracing::warn!(error = %e, job = %id, "job progress not recorded");
+            }
+            if let Err(e) = finish(&p, &id, "completed", &f.id, ("", "")).await {
+                tracing::error!(error = %e, job = %id, "job completion not recorded");
+            }
+            p.events.publish_content(
+                "file.imported",
+                vec![user],
+                &f.id,
+                json!({"job_id": id, "file_id": f.id, "name": f.name, "size": f.size,
+                       "content_type": f.content_type}),
+            );
+        }
+        Err(s) => {
+            let (_, code) = if refused(&s) {
+                (StatusCode::BAD_REQUEST, "url_refused")
+            } else {
+                classify(&s)
+            };
+            if let Err(e) = finish(&p, &id, "failed", "", (code, s.message())).await {
+                tracing::error!(error = %e, job = %id, "job failure not recorded");
+            }
+            p.events.publish_access(
+                "import.failed",
+                vec![user],
+                &id,
+                json!({"job_id": id, "error": {"code": code, "message": s.message()}}),
+            );
+        }
+    }
+}
+
+/// `GET /api/jobs/{id}`: the job, to its owner (anyone else: 404).
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job: state queued|running|completed|failed, bytes_received, total_bytes, file_id, error"),
+        (status = 404, description = "No such job (or not yours)", body = crate::openapi::ErrorBody),
+        (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
+pub(crate) async fn job(
+    State(p): State<Arc<Picker>>,
+    Authenticated(claims): Authenticated,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::not_found());
+    }
+    match get(&p, &id).await.map_err(db_error)? {
+        Some(j) if j.owner_id == claims.sub => Ok(Json(job_json(&j))),
+        _ => Err(ApiError::not_found()),
+    }
+}
