@@ -34,7 +34,8 @@ if [ "${1:-}" = import ]; then
     exec "$CARGO_TARGET_DIR/debug/fms-bench-import" "$@"
 fi
 if [ "${1:-}" = ws ]; then
-    # Client and server sockets live in one process: 2 descriptors per socket.
+    # Server and client ends of the sockets live in separate processes: each needs about one
+    # descriptor per socket (10,000 sockets fit a limit of 20,000; fewer are run below that).
     shift
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     exec "$CARGO_TARGET_DIR/debug/fms-bench-ws" "$@"

@@ -3,6 +3,12 @@
 //! minimal tokio-tungstenite broadcast server (no auth, no history, no per-user routing: the
 //! ceiling) driven by the same clients in the same run.
 //!
+//! Each side runs in a process of its own (`--only <which>`) that holds the server ends of the
+//! sockets only; the client ends live in a second process it starts (`--clients <url>`), which
+//! records publish-to-receive latency (`"t"` in each event: microseconds since the epoch at
+//! publish, comparable across the two processes on one machine) and reports it on stdout. So
+//! each process needs about one descriptor per socket, and memory per socket is the server's.
+//!
 //! `scripts/bench.sh ws [--connections N] [--users U] [--rate R] [--seconds S]`
 
 use std::sync::Arc;
@@ -36,6 +42,13 @@ struct Args {
     /// own, so memory per socket is measured from a clean start).
     #[arg(long, hide = true)]
     only: Option<String>,
+    /// Be the clients of a server at this URL: open `--connections` sockets, print `ready`,
+    /// read `expect N` on stdin, wait for N deliveries (30 s at most) and print a `Report`.
+    #[arg(long, hide = true)]
+    clients: Option<String>,
+    /// Bearer tokens for `--clients`, one a line (socket `i` uses line `i % lines`).
+    #[arg(long, hide = true)]
+    tokens_file: Option<std::path::PathBuf>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -134,15 +147,160 @@ struct Outcome {
     received: u64,
 }
 
+/// What the clients process reports when the deliveries have landed (or 30 s have passed).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Report {
+    received: u64,
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    /// When it stopped waiting, microseconds since the epoch.
+    done_us: u64,
+}
+
+/// The `--clients` process: open the sockets, say `ready`, wait for `expect N`, report.
+async fn client_process(args: &Args, url: &str) -> Result<(), BoxError> {
+    use std::io::Write;
+    let tokens: Vec<String> = match &args.tokens_file {
+        Some(p) => std::fs::read_to_string(p)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        None => Vec::new(),
+    };
+    let seen = seen();
+    let _tasks = clients(url, &tokens, args.connections, seen.clone()).await?;
+    let (expect_tx, expect_rx) = tokio::sync::oneshot::channel::<u64>();
+    // The server process talks on stdin; its end closing (it failed or was stopped) ends us.
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        match line
+            .trim()
+            .strip_prefix("expect ")
+            .and_then(|n| n.parse().ok())
+        {
+            Some(n) => {
+                let _ = expect_tx.send(n);
+            }
+            None => std::process::exit(1),
+        }
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+    let expected = expect_rx.await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let done_us = now_us();
+    let received = seen.received.load(Ordering::Relaxed);
+    let h = seen
+        .latency
+        .lock()
+        .map(|h| h.clone())
+        .unwrap_or_else(|_| Histogram::new(3).unwrap());
+    let report = Report {
+        received,
+        p50_us: h.value_at_quantile(0.5),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        done_us,
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// The clients process as seen from the server's: started with `spawn`, killed (if still
+/// running) when dropped, so its sockets never outlive the run.
+struct ClientProcess {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl ClientProcess {
+    /// Start `n` clients of `url` and wait until every socket is open.
+    async fn spawn(
+        url: &str,
+        tokens_file: Option<&std::path::Path>,
+        n: usize,
+    ) -> Result<Self, BoxError> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut cmd = std::process::Command::new(std::env::current_exe()?);
+        cmd.args(["--clients", url])
+            .args(["--connections", &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(f) = tokens_file {
+            cmd.arg("--tokens-file").arg(f);
+        }
+        let mut child = cmd.spawn()?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("clients process without pipes".into());
+        };
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut me = Self {
+            child,
+            stdin,
+            lines,
+        };
+        match me.lines.recv().await.as_deref() {
+            Some("ready") => Ok(me),
+            other => Err(format!("clients process did not connect (said {other:?})").into()),
+        }
+    }
+
+    /// Tell it how many deliveries to wait for; its report once they landed.
+    async fn finish(&mut self, expected: u64) -> Result<Report, BoxError> {
+        use std::io::Write;
+        writeln!(self.stdin, "expect {expected}")?;
+        self.stdin.flush()?;
+        let line = self
+            .lines
+            .recv()
+            .await
+            .ok_or("clients process ended without a report")?;
+        let report = serde_json::from_str(&line)?;
+        let _ = tokio::task::block_in_place(|| self.child.wait());
+        Ok(report)
+    }
+}
+
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Publish at `rate` deliveries/s for `seconds` through `publish(user index, t)`; wait for
-/// the deliveries to land; report.
+/// the deliveries to land at the clients; report.
 async fn drive<F, Fut>(
     args: &Args,
     per_user: usize,
-    seen: &Seen,
+    clients: &mut ClientProcess,
     rss_before: u64,
     mut publish: F,
-) -> Outcome
+) -> Result<Outcome, BoxError>
 where
     F: FnMut(usize, u64) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -150,6 +308,7 @@ where
     let rss_connected = rss_kib();
     let events_per_s = (args.rate / per_user as u64).max(1);
     let total = events_per_s * args.seconds;
+    let start_us = now_us();
     let start = Instant::now();
     let mut sent = 0u64;
     while sent < total {
@@ -161,26 +320,17 @@ where
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let expected = total * per_user as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.received.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = start.elapsed().as_secs_f64();
-    let received = seen.received.load(Ordering::Relaxed);
-    let h = seen
-        .latency
-        .lock()
-        .map(|h| h.clone())
-        .unwrap_or_else(|_| Histogram::new(3).unwrap());
-    Outcome {
-        delivered_per_s: received as f64 / took,
-        p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-        p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-        p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+    let r = clients.finish(expected).await?;
+    let took = r.done_us.saturating_sub(start_us).max(1) as f64 / 1e6;
+    Ok(Outcome {
+        delivered_per_s: r.received as f64 / took,
+        p50_ms: r.p50_us as f64 / 1000.0,
+        p99_ms: r.p99_us as f64 / 1000.0,
+        p999_ms: r.p999_us as f64 / 1000.0,
         kib_per_socket: rss_connected.saturating_sub(rss_before) as f64 / args.connections as f64,
         expected,
-        received,
-    }
+        received: r.received,
+    })
 }
 
 fn seen() -> Arc<Seen> {
@@ -230,19 +380,19 @@ async fn ours(args: &Args) -> Result<Outcome, BoxError> {
         .iter()
         .map(|u| auth.keys.current().issue(u).map(|(t, _)| t))
         .collect::<Result<_, _>>()?;
-    let seen = seen();
+    let tokens_file = dir.path().join("tokens");
+    std::fs::write(&tokens_file, tokens.join("\n"))?;
     let rss_before = rss_kib();
-    let _tasks = clients(
+    let mut clients = ClientProcess::spawn(
         &format!("ws://{addr}/ws"),
-        &tokens,
+        Some(&tokens_file),
         args.connections,
-        seen.clone(),
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_user = args.connections / args.users;
     let mut n = 0u64;
-    let out = drive(args, per_user, &seen, rss_before, |u, t| {
+    let out = drive(args, per_user, &mut clients, rss_before, |u, t| {
         n += 1;
         let event = fms_notification::NewEvent {
             event_id: format!("e{n}"),
@@ -262,8 +412,9 @@ async fn ours(args: &Args) -> Result<Outcome, BoxError> {
         }
     })
     .await;
+    drop(clients);
     stop.cancel();
-    Ok(out)
+    out
 }
 
 /// The ceiling: accept, broadcast every message to every socket of the user it names.
@@ -298,45 +449,46 @@ async fn baseline(args: &Args) -> Result<Outcome, BoxError> {
             }
         })
     };
-    let seen = seen();
     let rss_before = rss_kib();
-    let tasks = clients(
-        &format!("ws://{addr}/"),
-        &[],
-        args.connections,
-        seen.clone(),
-    )
-    .await?;
+    let mut clients =
+        ClientProcess::spawn(&format!("ws://{addr}/"), None, args.connections).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_user = args.connections / args.users;
-    let out = drive(args, per_user, &seen, rss_before, |u, t| {
+    let out = drive(args, per_user, &mut clients, rss_before, |u, t| {
         let _ = channels[u]
             .send(format!(r#"{{"id":1,"type":"bench.event","data":{{"t":{t}}}}}"#).into());
         async {}
     })
     .await;
-    // Close every socket (the next run needs the descriptors): clients, the acceptor, and
-    // with the channels gone the server side of each connection.
-    for t in tasks {
-        t.abort();
-    }
+    // Close every socket: the clients process, the acceptor, and with the channels gone the
+    // server side of each connection.
+    drop(clients);
     acceptor.abort();
     drop(channels);
-    Ok(out)
+    out
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
     let mut args = Args::parse();
-    // Client and server sockets both live in this process.
+    // The server ends of the sockets live in one process, the client ends in another: each
+    // needs one descriptor per socket, plus some for the rest (database, pipes, listener).
+    // Checked in every process (the limit is inherited), so the clamp is announced once, here.
+    const SPARE_FDS: usize = 256;
     let limit = open_files_limit();
-    if limit < args.connections * 2 + 256 {
-        let fit = (limit.saturating_sub(256)) / 2;
-        eprintln!(
-            "open files limited to {limit}: {fit} sockets instead of {} (raise `ulimit -n`)",
-            args.connections
-        );
+    if limit < args.connections + SPARE_FDS {
+        let fit = limit.saturating_sub(SPARE_FDS);
+        if args.only.is_none() && args.clients.is_none() {
+            eprintln!(
+                "open files limited to {limit} per process: {fit} sockets instead of {} \
+                 (each process needs one descriptor per socket plus {SPARE_FDS}; raise `ulimit -n`)",
+                args.connections
+            );
+        }
         args.connections = fit;
+    }
+    if let Some(url) = args.clients.clone() {
+        return client_process(&args, &url).await;
     }
     args.users = args.users.clamp(1, args.connections.max(1));
     match args.only.as_deref() {
@@ -377,7 +529,7 @@ async fn main() -> Result<(), BoxError> {
         args.seconds
     );
     println!(
-        "| server | delivered/s | received / expected | p50 ms | p99 ms | p99.9 ms | RSS KiB per socket (client + server) |"
+        "| server | delivered/s | received / expected | p50 ms | p99 ms | p99.9 ms | RSS KiB per socket (server) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut json = serde_json::Map::new();

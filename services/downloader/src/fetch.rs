@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use reqwest::header::{self, HeaderMap};
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use tokio::sync::mpsc;
 
@@ -112,8 +112,14 @@ pub struct Limits {
     pub retries: u32,
 }
 
+/// Signs each request just before it is sent (S3's SigV4: the signature covers the time
+/// and the exact headers, so retries are signed afresh).
+pub trait Sign: Send + Sync {
+    fn sign(&self, method: &Method, url: &url::Url, headers: &mut HeaderMap);
+}
+
 /// One request to make for the bytes of a source (a URL, or a provider's download call).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Plan {
     pub method: Method,
     pub url: url::Url,
@@ -123,6 +129,23 @@ pub struct Plan {
     pub name: Option<String>,
     /// The size the source announced before the download, if any.
     pub size: Option<u64>,
+    /// A response header carrying JSON `{"name", "size"}` about the file (Dropbox's
+    /// `Dropbox-API-Result`).
+    pub meta_header: Option<header::HeaderName>,
+    pub signer: Option<Arc<dyn Sign>>,
+    /// What the import is called in the picker's records (`import:url`, ...).
+    pub origin: &'static str,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No headers, no query: both may carry credentials.
+        f.debug_struct("Plan")
+            .field("method", &self.method)
+            .field("host", &self.url.host_str())
+            .field("path", &self.url.path())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Plan {
@@ -133,6 +156,9 @@ impl Plan {
             headers: HeaderMap::new(),
             name: None,
             size: None,
+            meta_header: None,
+            signer: None,
+            origin: "import:url",
         }
     }
 }
@@ -206,17 +232,26 @@ impl Http {
     ) -> Result<reqwest::Response, Failure> {
         let mut url = plan.url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut rq = self
-                .client
-                .request(plan.method.clone(), url.clone())
-                .headers(plan.headers.clone())
-                .header(header::ACCEPT_ENCODING, "identity");
+            let mut headers = plan.headers.clone();
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
             if offset > 0 {
-                rq = rq.header(header::RANGE, format!("bytes={offset}-"));
-                if let Some(v) = validator {
-                    rq = rq.header(header::IF_RANGE, v);
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes={offset}-")) {
+                    headers.insert(header::RANGE, v);
+                }
+                if let Some(v) = validator.and_then(|v| HeaderValue::from_str(v).ok()) {
+                    headers.insert(header::IF_RANGE, v);
                 }
             }
+            if let Some(s) = &plan.signer {
+                s.sign(&plan.method, &url, &mut headers);
+            }
+            let rq = self
+                .client
+                .request(plan.method.clone(), url.clone())
+                .headers(headers);
             let resp = match rq.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -254,6 +289,77 @@ impl Http {
             310,
             format!("more than {MAX_REDIRECTS} redirects"),
         )))
+    }
+
+    /// A small JSON document (a provider's metadata call, at most 1 MiB) through the same
+    /// guard, with the same retries on transient failures.
+    pub async fn json(
+        &self,
+        plan: &Plan,
+        limits: &Limits,
+    ) -> Result<serde_json::Value, FetchError> {
+        let mut failures = 0u32;
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let (why, after) = match self.send(plan, 0, None).await {
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Retry(Transient(why, after))) => (why, after),
+                Ok(resp) => match resp.status() {
+                    StatusCode::OK => {
+                        let mut body = resp.bytes_stream();
+                        let mut buf = Vec::new();
+                        let mut cut = None;
+                        while let Some(next) = tokio::time::timeout(limits.idle, body.next())
+                            .await
+                            .transpose()
+                        {
+                            match next {
+                                Ok(Ok(b)) if buf.len() + b.len() <= 1 << 20 => {
+                                    buf.extend_from_slice(&b)
+                                }
+                                Ok(Ok(_)) => {
+                                    return Err(FetchError::Invalid(
+                                        "the source's metadata is larger than 1 MiB".into(),
+                                    ));
+                                }
+                                Ok(Err(e)) => {
+                                    cut = Some(describe(&e));
+                                    break;
+                                }
+                                Err(_) => {
+                                    cut = Some("the metadata stalled".into());
+                                    break;
+                                }
+                            }
+                        }
+                        match cut {
+                            Some(why) => (why, None),
+                            None => {
+                                return serde_json::from_slice(&buf).map_err(|e| {
+                                    FetchError::Invalid(format!(
+                                        "the source's metadata is not JSON: {e}"
+                                    ))
+                                });
+                            }
+                        }
+                    }
+                    s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => {
+                        (format!("HTTP {}", s.as_u16()), retry_after(resp.headers()))
+                    }
+                    s => return Err(FetchError::Source(s.as_u16(), source_says(s))),
+                },
+            };
+            failures += 1;
+            if failures > limits.retries {
+                return Err(FetchError::Unavailable(why));
+            }
+            let wait = after.unwrap_or(backoff).min(MAX_RETRY_AFTER);
+            if Instant::now() + wait >= limits.deadline {
+                return Err(FetchError::Timeout);
+            }
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
     }
 
     /// Fetch `plan` into `out`: [`Piece::Opened`] once, then the bytes in order, each send
@@ -372,6 +478,16 @@ impl Http {
                     retry_after(resp.headers()),
                 )));
             }
+            StatusCode::CONFLICT => {
+                // Dropbox answers 409 with `{"error_summary": "path/not_found/..."}`.
+                let text = small_text(resp).await;
+                if text.contains("not_found") {
+                    return Err(FetchError::Source(404, "not found".into()).into());
+                }
+                return Err(
+                    FetchError::Source(409, "the source refused the request".into()).into(),
+                );
+            }
             s => return Err(FetchError::Source(s.as_u16(), source_says(s)).into()),
         }
         if let Some(t) = *total
@@ -383,9 +499,26 @@ impl Http {
             *validator = validator_of(resp.headers());
         }
         if !*opened {
+            let meta = plan
+                .meta_header
+                .as_ref()
+                .and_then(|h| resp.headers().get(h))
+                .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.as_bytes()).ok());
+            let meta_name = meta
+                .as_ref()
+                .and_then(|m| m["name"].as_str().map(str::to_string));
+            if let Some(size) = meta.as_ref().and_then(|m| m["size"].as_u64())
+                && total.is_none()
+            {
+                *total = Some(size);
+                if size > limits.max_size {
+                    return Err(FetchError::TooLarge(limits.max_size).into());
+                }
+            }
             let name = plan
                 .name
                 .clone()
+                .or(meta_name)
                 .or_else(|| {
                     resp.headers()
                         .get(header::CONTENT_DISPOSITION)
@@ -475,6 +608,19 @@ impl Http {
         }
         result
     }
+}
+
+/// Up to 4 KiB of an error answer's body, as text.
+async fn small_text(resp: reqwest::Response) -> String {
+    let mut body = resp.bytes_stream();
+    let mut out = Vec::new();
+    while out.len() < 4096 {
+        match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
+            Ok(Some(Ok(b))) => out.extend_from_slice(&b[..b.len().min(4096 - out.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A guard refusal buried in a reqwest error (from the resolver).
@@ -660,7 +806,6 @@ pub fn clean_name(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
 
     #[test]
     fn names() {

@@ -10,10 +10,13 @@
 //! [`guard`] before a connection is made, and the connection goes to the address that was
 //! checked. Transient failures are retried with backoff and resumed with `Range`.
 //!
-//! Sources today: plain `url`. Drive, Dropbox and S3 are refused as not available yet.
+//! Sources ([`sources`]): plain URLs, Google Drive (v3, with Docs exported), Dropbox (v2,
+//! paths, ids and shared links), S3 (presigned URLs, or SigV4-signed bucket + key). The
+//! caller passes the user's access token; connected accounts (OAuth, refresh) are not built.
 
 pub mod fetch;
 pub mod guard;
+pub mod sources;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +41,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 pub struct Downloader {
     cfg: DownloaderConfig,
     http: Http,
+    bases: sources::Bases,
     picker: PickerInternalServiceClient<Channel>,
     running: Arc<Semaphore>,
     per_user: Mutex<HashMap<String, u32>>,
@@ -83,8 +87,14 @@ impl Downloader {
             .map_err(|e| format!("downloader.picker_url: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
+        let base =
+            |key: &str, v: &str| url::Url::parse(v).map_err(|e| format!("downloader.{key}: {e}"));
         Ok(Arc::new(Downloader {
             cfg: d.clone(),
+            bases: sources::Bases {
+                google_api: base("google_api_url", &d.google_api_url)?,
+                dropbox_content: base("dropbox_content_url", &d.dropbox_content_url)?,
+            },
             http: Http::new(allow, lookup)?,
             picker: PickerInternalServiceClient::new(channel)
                 .max_decoding_message_size(8 << 20)
@@ -118,20 +128,32 @@ impl Downloader {
         })
     }
 
-    /// What to fetch for a request.
-    fn plan(&self, r: &pb::DownloadFileRequest) -> Result<Plan, Status> {
+    /// What to fetch for a request, as far as it can be known without asking the source
+    /// (bad requests are refused here, synchronously).
+    fn plan(&self, r: &pb::DownloadFileRequest) -> Result<Ready, Status> {
         use pb::download_file_request::Source;
+        let bad = |e: FetchError| match e {
+            FetchError::Invalid(m) => Status::invalid_argument(m),
+            e => status(e),
+        };
         match &r.source {
             Some(Source::Url(u)) => {
                 if u.url.len() > 8192 {
                     return Err(Status::invalid_argument("the URL is longer than 8 KiB"));
                 }
                 let url = self.http.check(&u.url).map_err(status)?;
-                Ok(Plan::get(url))
+                Ok(Ready::Plan(Box::new(Plan::get(url))))
             }
-            Some(Source::GoogleDrive(_)) | Some(Source::Dropbox(_)) | Some(Source::S3(_)) => Err(
-                Status::unimplemented("this source is not available yet: only url imports"),
-            ),
+            Some(Source::GoogleDrive(d)) => {
+                sources::check_drive(d).map_err(bad)?;
+                Ok(Ready::Drive(d.clone()))
+            }
+            Some(Source::Dropbox(d)) => Ok(Ready::Plan(Box::new(
+                sources::dropbox(&self.bases, d).map_err(bad)?,
+            ))),
+            Some(Source::S3(x)) => Ok(Ready::Plan(Box::new(
+                sources::s3(&self.http, x).map_err(bad)?,
+            ))),
             None => Err(Status::invalid_argument("a source is required")),
         }
     }
@@ -140,7 +162,7 @@ impl Downloader {
     async fn run(
         &self,
         r: &pb::DownloadFileRequest,
-        plan: Plan,
+        ready: Ready,
         progress: &mpsc::Sender<Result<pb::DownloadFileResponse, Status>>,
     ) -> Result<picker_pb::FileInfo, Status> {
         let limits = Limits {
@@ -149,6 +171,13 @@ impl Downloader {
             deadline: Instant::now() + self.cfg.timeout.0,
             retries: self.cfg.retries,
         };
+        let plan = match ready {
+            Ready::Plan(p) => *p,
+            Ready::Drive(d) => sources::google_drive(&self.http, &self.bases, &limits, &d)
+                .await
+                .map_err(status)?,
+        };
+        let origin = plan.origin;
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let http = self.http.clone();
         let fetcher = tokio::spawn(async move { http.fetch(&plan, &limits, &tx).await });
@@ -176,7 +205,7 @@ impl Downloader {
                     expected_size: None,
                     expected_blake3: String::new(),
                     idempotency_key: r.idempotency_key.clone(),
-                    origin: "import:url".into(),
+                    origin: origin.into(),
                 },
             )),
         };
@@ -270,6 +299,13 @@ impl Drop for Poison {
             permit.send(msg);
         }
     }
+}
+
+/// A request checked and turned into what to fetch.
+enum Ready {
+    Plan(Box<Plan>),
+    /// Drive needs a metadata call first (made in the import's task).
+    Drive(pb::GoogleDriveSource),
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

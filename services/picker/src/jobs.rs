@@ -55,12 +55,45 @@ pub struct ImportBody {
     /// `url` (default), `google_drive`, `dropbox`, `s3`.
     #[serde(default)]
     pub source: Option<String>,
-    /// For `url`: an absolute http(s) URL.
+    /// For `url`: an absolute http(s) URL. For `s3`: a presigned URL.
     #[serde(default)]
     pub url: Option<String>,
     /// Name for the stored file; default: from the source.
     #[serde(default)]
     pub name: Option<String>,
+    /// For `google_drive` and `dropbox`: the user's OAuth access token (never stored).
+    #[serde(default)]
+    pub access_token: Option<String>,
+    /// For `google_drive`: the Drive file id.
+    #[serde(default)]
+    pub file_id: Option<String>,
+    /// For `google_drive`: what to export Google Docs/Sheets/Slides/Drawings to (a MIME
+    /// type); default: the Office format (PNG for drawings).
+    #[serde(default)]
+    pub export_mime_type: Option<String>,
+    /// For `dropbox`: a path (`/dir/file`) or `id:...`; with `shared_link`, a path inside
+    /// a shared folder.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// For `dropbox`: a shared link.
+    #[serde(default)]
+    pub shared_link: Option<String>,
+    /// For `s3` without a presigned URL: endpoint (empty: AWS), region, bucket, key and
+    /// credentials (never stored).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub session_token: Option<String>,
 }
 
 /// One job as stored.
@@ -235,6 +268,93 @@ fn describe_url(raw: &str) -> Value {
     }
 }
 
+/// The downloader's source for a request, and what the job shows of it (no secrets).
+fn source_of(
+    source: &str,
+    b: &ImportBody,
+) -> Result<(pb::download_file_request::Source, Value), ApiError> {
+    use pb::download_file_request::Source;
+    let text = |v: &Option<String>| v.clone().unwrap_or_default();
+    let need = |v: &Option<String>, what: &str| {
+        v.clone()
+            .filter(|x| !x.is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("`{what}` is required for {source}")))
+    };
+    Ok(match source {
+        "url" => {
+            let url = need(&b.url, "url")?;
+            (
+                Source::Url(pb::UrlSource { url: url.clone() }),
+                describe_url(&url),
+            )
+        }
+        "google_drive" => {
+            let file_id = need(&b.file_id, "file_id")?;
+            let d = pb::GoogleDriveSource {
+                file_id: file_id.clone(),
+                access_token: need(&b.access_token, "access_token")?,
+                export_mime_type: text(&b.export_mime_type),
+            };
+            (
+                Source::GoogleDrive(d),
+                json!({"type": "google_drive", "file_id": file_id}),
+            )
+        }
+        "dropbox" => {
+            let d = pb::DropboxSource {
+                path: text(&b.path),
+                access_token: need(&b.access_token, "access_token")?,
+                shared_link: text(&b.shared_link),
+            };
+            if d.path.is_empty() && d.shared_link.is_empty() {
+                return Err(ApiError::bad_request(
+                    "`path` or `shared_link` is required for dropbox",
+                ));
+            }
+            let mut shown = json!({"type": "dropbox"});
+            if !d.path.is_empty() {
+                shown["path"] = json!(d.path);
+            }
+            if !d.shared_link.is_empty() {
+                shown["shared_link"] = describe_url(&d.shared_link)["url"].clone();
+            }
+            (Source::Dropbox(d), shown)
+        }
+        "s3" => {
+            let s = pb::S3Source {
+                endpoint: text(&b.endpoint),
+                region: text(&b.region),
+                bucket: text(&b.bucket),
+                key: text(&b.key),
+                access_key_id: text(&b.access_key_id),
+                secret_access_key: text(&b.secret_access_key),
+                session_token: text(&b.session_token),
+                presigned_url: text(&b.url),
+            };
+            let shown = if s.presigned_url.is_empty() {
+                if s.bucket.is_empty() || s.key.is_empty() {
+                    return Err(ApiError::bad_request(
+                        "`url` (presigned) or `bucket` and `key` are required for s3",
+                    ));
+                }
+                json!({"type": "s3", "endpoint": s.endpoint, "bucket": s.bucket, "key": s.key})
+            } else {
+                let mut d = describe_url(&s.presigned_url);
+                d["type"] = json!("s3");
+                d
+            };
+            (Source::S3(s), shown)
+        }
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_source",
+                format!("unknown source {other:?}: use url, google_drive, dropbox or s3"),
+            ));
+        }
+    })
+}
+
 /// `POST /api/files/download`: start an import; `202` with the job.
 #[utoipa::path(post, path = "/api/files/download", tag = "jobs",
     request_body = ImportBody,
@@ -242,7 +362,6 @@ fn describe_url(raw: &str) -> Value {
         (status = 202, description = "The import runs; follow it at /api/jobs/{id}"),
         (status = 400, description = "invalid_source or url_refused (a forbidden address or scheme)", body = crate::openapi::ErrorBody),
         (status = 429, description = "too_many_imports", body = crate::openapi::ErrorBody),
-        (status = 501, description = "A source not available yet", body = crate::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = crate::openapi::ErrorBody),
         (status = 503, description = "The downloader is unavailable; retry", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn start_import(
@@ -252,32 +371,7 @@ pub(crate) async fn start_import(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let user = claims.sub;
     let source = body.source.as_deref().unwrap_or("url");
-    let (request_source, described) = match source {
-        "url" => {
-            let url = body
-                .url
-                .clone()
-                .ok_or_else(|| ApiError::bad_request("`url` is required for a url import"))?;
-            (
-                pb::download_file_request::Source::Url(pb::UrlSource { url: url.clone() }),
-                describe_url(&url),
-            )
-        }
-        "google_drive" | "dropbox" | "s3" => {
-            return Err(ApiError::new(
-                StatusCode::NOT_IMPLEMENTED,
-                "not_implemented",
-                format!("imports from {source} are not available yet; url imports are"),
-            ));
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unknown_source",
-                format!("unknown source {other:?}: use url, google_drive, dropbox or s3"),
-            ));
-        }
-    };
+    let (request_source, described) = source_of(source, &body)?;
     if let Some(n) = &body.name {
         crate::api::check_name(n)?;
     }

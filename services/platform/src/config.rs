@@ -85,6 +85,10 @@ pub struct DownloaderConfig {
     /// Imports running at once in this process, and per user.
     pub max_concurrent: u32,
     pub max_per_user: u32,
+    /// Google's API base (Drive v3 under `/drive/v3`); tests point it at a local server.
+    pub google_api_url: String,
+    /// Dropbox's content API base (`/2/files/download`).
+    pub dropbox_content_url: String,
 }
 
 impl Default for DownloaderConfig {
@@ -98,6 +102,8 @@ impl Default for DownloaderConfig {
             retries: 8,
             max_concurrent: 64,
             max_per_user: 4,
+            google_api_url: "https://www.googleapis.com".into(),
+            dropbox_content_url: "https://content.dropboxapi.com".into(),
         }
     }
 }
@@ -566,6 +572,11 @@ impl Config {
             ("picker.notification_url", &self.picker.notification_url),
             ("picker.downloader_url", &self.picker.downloader_url),
             ("downloader.picker_url", &self.downloader.picker_url),
+            ("downloader.google_api_url", &self.downloader.google_api_url),
+            (
+                "downloader.dropbox_content_url",
+                &self.downloader.dropbox_content_url,
+            ),
             (
                 "notification.permission_url",
                 &self.notification.permission_url,
