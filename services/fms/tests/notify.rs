@@ -291,6 +291,25 @@ async fn notifications_reach_their_user_and_resume_exactly() {
         Some(Err(_))
     ));
 
+    // Malformed client frames (text that is not UTF-8, a reserved opcode) close that socket;
+    // the service goes on.
+    {
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        for frame in [
+            Frame::message(vec![0xff, 0xfe, 0x80], OpCode::Data(Data::Text), true),
+            Frame::message(b"x".to_vec(), OpCode::Data(Data::Reserved(3)), true),
+        ] {
+            let mut s = socket(&url, &ta, "last_event_id=102").await.unwrap();
+            s.send(Message::Frame(frame)).await.unwrap();
+            assert!(matches!(
+                next_json(&mut s, Duration::from_secs(5)).await,
+                Some(Err(_))
+            ));
+        }
+    }
+
     // Past the retention: the client is told what it cannot get back.
     tokio::time::sleep(Duration::from_secs(10)).await;
     publish(&grpc, &[&uid_a], "after", "test.event")
