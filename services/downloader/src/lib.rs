@@ -365,7 +365,6 @@ impl DownloaderService for Service {
         let (tx, rx) = mpsc::channel(4);
         let d = self.0.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             metrics::counter!("downloader_imports_total").increment(1);
             let out = match d.run(&r, plan, &tx).await {
                 Ok(file) => Ok(pb::DownloadFileResponse {
@@ -377,6 +376,8 @@ impl DownloaderService for Service {
                     Err(s)
                 }
             };
+            // Free before the caller hears the end: its next import may start at once.
+            drop(slot);
             let _ = tx.send(out).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))

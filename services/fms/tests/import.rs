@@ -49,6 +49,9 @@ fn blake3_of(seed: u64, size: u64) -> String {
 struct Source {
     sent: AtomicU64,
     requests: AtomicU64,
+    /// OAuth: code -> PKCE challenge; refresh grants honoured.
+    challenges: Mutex<std::collections::HashMap<String, String>>,
+    refreshes: AtomicU64,
     once: Mutex<HashSet<String>>,
 }
 
@@ -273,6 +276,8 @@ async fn drive_file(
     }
     let (name, mime, size, seed) = match id.as_str() {
         "photo1" => ("photo.jpg", "image/jpeg", 10u64 << 20, 21u64),
+        "empty1" => ("empty.txt", "text/plain", 0, 26),
+        "big1" => ("big.bin", "application/octet-stream", 1 << 30, 12),
         "cut1" => ("cut.bin", "application/octet-stream", 20 << 20, 23),
         "slow1" => ("slow.txt", "text/plain", 1000, 24),
         "doc1" => ("Plan", "application/vnd.google-apps.document", 0, 0),
@@ -298,7 +303,7 @@ async fn drive_file(
         return ranged(&src, &h, seed, size, cut, &[]);
     }
     let mut m = json!({"kind": "drive#file", "id": id, "name": name, "mimeType": mime});
-    if size > 0 {
+    if !mime.starts_with("application/vnd.google-apps.") {
         m["size"] = json!(size.to_string());
     }
     axum::Json(m).into_response()
@@ -378,6 +383,8 @@ async fn dropbox_download(State(src): State<Arc<Source>>, h: HeaderMap) -> Respo
         }
         Some("/résumé.txt") => Some(("résumé.txt", 5000, 33, false)),
         Some("/docs/cut.bin") => Some(("cut.bin", 8 << 20, 34, true)),
+        Some("/empty.txt") => Some(("empty.txt", 0, 35, false)),
+        Some("/big.bin") => Some(("big.bin", 1 << 30, 13, false)),
         _ => None,
     };
     dropbox_answer(&src, &h, file)
@@ -444,14 +451,146 @@ async fn s3_object(
         )
             .into_response();
     }
-    if bucket != "bkt" || key != "dir/obj 1.bin" {
-        return (
+    match (bucket.as_str(), key.as_str()) {
+        ("bkt", "dir/obj 1.bin") => {
+            ranged(&src, &h, 41, 2 << 20, Some(("s3-cut".into(), 1 << 20)), &[])
+        }
+        ("bkt", "empty") => ranged(&src, &h, 43, 0, None, &[]),
+        ("bkt", "big.bin") => ranged(&src, &h, 14, 1 << 30, None, &[]),
+        _ => (
             StatusCode::NOT_FOUND,
             "<Error><Code>NoSuchKey</Code></Error>",
         )
-            .into_response();
+            .into_response(),
     }
-    ranged(&src, &h, 41, 2 << 20, Some(("s3-cut".into(), 1 << 20)), &[])
+}
+
+/// The provider's consent page, consenting at once: back to `redirect_uri` with a code
+/// (bound to the PKCE challenge).
+async fn oauth_authorize(
+    State(src): State<Arc<Source>>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let ok = q.get("response_type").map(String::as_str) == Some("code")
+        && q.get("code_challenge_method").map(String::as_str) == Some("S256")
+        && (q.get("client_id").map(String::as_str) == Some("cid"));
+    if !ok {
+        return json_error(StatusCode::BAD_REQUEST, json!({"error": "invalid_request"}));
+    }
+    let code = if q["redirect_uri"].contains("/dropbox/") {
+        "dbx-code"
+    } else {
+        "good-code"
+    };
+    src.challenges
+        .lock()
+        .unwrap()
+        .insert(code.to_string(), q["code_challenge"].clone());
+    let mut to = url::Url::parse(&q["redirect_uri"]).unwrap();
+    to.query_pairs_mut()
+        .append_pair("code", code)
+        .append_pair("state", &q["state"]);
+    (StatusCode::FOUND, [(header::LOCATION, to.to_string())]).into_response()
+}
+
+/// The token endpoint: codes (PKCE checked) and refresh tokens. Drive's first access token
+/// is already expired, so the first use must refresh it.
+async fn oauth_token(State(src): State<Arc<Source>>, body: String) -> Response {
+    use base64::Engine;
+    use sha2::Digest;
+    let f: std::collections::HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    if get("client_id") != "cid" || get("client_secret") != "csecret" {
+        return json_error(StatusCode::UNAUTHORIZED, json!({"error": "invalid_client"}));
+    }
+    let grant = json_error(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+    match get("grant_type") {
+        "authorization_code" => {
+            let Some(challenge) = src.challenges.lock().unwrap().remove(get("code")) else {
+                return grant;
+            };
+            let verified = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(get("code_verifier").as_bytes()));
+            if verified != challenge || !get("redirect_uri").ends_with("/callback") {
+                return grant;
+            }
+            if get("code") == "dbx-code" {
+                axum::Json(json!({"access_token": "dbx-token", "token_type": "bearer",
+                                  "expires_in": 14400, "refresh_token": "rt-dropbox"}))
+                .into_response()
+            } else {
+                axum::Json(
+                    json!({"access_token": "stale-token", "token_type": "Bearer",
+                                  "expires_in": 1, "refresh_token": "rt-drive"}),
+                )
+                .into_response()
+            }
+        }
+        "refresh_token" if get("refresh_token") == "rt-drive" => {
+            src.refreshes.fetch_add(1, Ordering::SeqCst);
+            axum::Json(
+                json!({"access_token": "drive-token", "token_type": "Bearer", "expires_in": 3600}),
+            )
+            .into_response()
+        }
+        _ => grant,
+    }
+}
+
+/// Drive `files.list` of the root folder.
+async fn drive_list(
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    h: HeaderMap,
+) -> Response {
+    if h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some("Bearer drive-token") {
+        return json_error(StatusCode::UNAUTHORIZED, json!({"error": {"code": 401}}));
+    }
+    if q.get("q").map(String::as_str) != Some("'root' in parents and trashed = false") {
+        return json_error(StatusCode::BAD_REQUEST, json!({"error": {"code": 400}}));
+    }
+    axum::Json(json!({"files": [
+        {"id": "photo1", "name": "photo.jpg", "mimeType": "image/jpeg", "size": "10485760"},
+        {"id": "dir1", "name": "Holidays", "mimeType": "application/vnd.google-apps.folder"},
+    ]}))
+    .into_response()
+}
+
+/// Dropbox `list_folder` of the top.
+async fn dropbox_list(h: HeaderMap, body: String) -> Response {
+    if h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some("Bearer dbx-token") {
+        return json_error(
+            StatusCode::UNAUTHORIZED,
+            json!({"error_summary": "invalid_access_token/"}),
+        );
+    }
+    let arg: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    if arg["path"] != "" {
+        return json_error(
+            StatusCode::CONFLICT,
+            json!({"error_summary": "path/not_found/"}),
+        );
+    }
+    axum::Json(json!({"entries": [
+        {".tag": "folder", "name": "docs", "id": "id:d1", "path_display": "/docs"},
+        {".tag": "file", "name": "report.pdf", "id": "id:abc123", "path_display": "/docs/report.pdf", "size": 3145728},
+    ], "cursor": "c1", "has_more": false}))
+    .into_response()
+}
+
+/// A listener that counts connections and answers none: (its URL, the count).
+async fn decoy() -> (String, Arc<AtomicU64>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicU64::new(0));
+    let count = n.clone();
+    tokio::spawn(async move {
+        while l.accept().await.is_ok() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (format!("http://{addr}"), n)
 }
 
 /// Start the source on a loopback port: (base URL, state).
@@ -470,6 +609,10 @@ async fn source() -> (String, Arc<Source>) {
             axum::routing::post(dropbox_shared),
         )
         .route("/s3/{bucket}/{*key}", axum::routing::get(s3_object))
+        .route("/oauth/authorize", axum::routing::get(oauth_authorize))
+        .route("/oauth/token", axum::routing::post(oauth_token))
+        .route("/drive/v3/files", axum::routing::get(drive_list))
+        .route("/2/files/list_folder", axum::routing::post(dropbox_list))
         .with_state(src.clone());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -565,7 +708,15 @@ async fn file_count(c: &reqwest::Client, url: &str, token: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn url_imports_store_the_source_bytes_and_resume_after_a_cut() {
     let (base, src) = source().await;
-    let (_p, c, url) = serve_for_imports(&[allow_loopback()]);
+    // Proxy variables are ignored (reliability test 27): a decoy proxy sees nothing.
+    let (proxy, proxied) = decoy().await;
+    let (_p, c, url) = serve_for_imports(&[
+        allow_loopback(),
+        ("HTTP_PROXY", proxy.clone()),
+        ("http_proxy", proxy.clone()),
+        ("HTTPS_PROXY", proxy.clone()),
+        ("ALL_PROXY", proxy.clone()),
+    ]);
     let token = new_user(&c, &url).await;
 
     const MIB: u64 = 1 << 20;
@@ -677,6 +828,11 @@ async fn url_imports_store_the_source_bytes_and_resume_after_a_cut() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    assert_eq!(
+        proxied.load(Ordering::SeqCst),
+        0,
+        "no request went through the proxy"
+    );
 }
 
 /// Issue 7 (reliability test 28): a source larger than the limit (announced or not), one
@@ -691,8 +847,29 @@ async fn imports_stop_at_the_limits_and_store_nothing() {
         ("FMS_DOWNLOADER__TIMEOUT", "6s".into()),
         ("FMS_DOWNLOADER__IDLE_TIMEOUT", "2s".into()),
         ("FMS_DOWNLOADER__RETRIES", "2".into()),
+        ("FMS_DOWNLOADER__MAX_PER_USER", "1".into()),
     ]);
     let token = new_user(&c, &url).await;
+    // One import at a time per user: a second is refused while the first runs.
+    let (s, first) = start_import(
+        &c,
+        &url,
+        &token,
+        json!({"url": format!("{base}/f/1/9?drip=1")}),
+    )
+    .await;
+    assert_eq!(s, 202, "{first}");
+    let (s, e) = start_import(&c, &url, &token, json!({"url": format!("{base}/f/1/1")})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (429, Some("too_many_imports")),
+        "{e}"
+    );
+    let other = new_user(&c, &url).await;
+    let j = import(&c, &url, &other, json!({"url": format!("{base}/f/1000/1")})).await;
+    assert_eq!(j["state"], "completed", "another user is not held up: {j}");
+    let j = finished(&c, &url, &token, first["id"].as_str().unwrap()).await;
+    assert_eq!(j["error"]["code"], "timeout", "{j}");
     for (path, code) in [
         ("f/8388608/1", "too_large"),
         ("f/8388608/2?chunked=1", "too_large"),
@@ -719,17 +896,8 @@ async fn imports_stop_at_the_limits_and_store_nothing() {
 /// an allowed host to one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_addresses_are_refused_before_any_connection() {
-    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = decoy.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicU64::new(0));
-    {
-        let accepted = accepted.clone();
-        tokio::spawn(async move {
-            while decoy.accept().await.is_ok() {
-                accepted.fetch_add(1, Ordering::SeqCst);
-            }
-        });
-    }
+    let (decoy_url, accepted) = decoy().await;
+    let port: u16 = decoy_url.rsplit(':').next().unwrap().parse().unwrap();
     let (_p, c, url) = serve_for_imports(&[]);
     let token = new_user(&c, &url).await;
     let forms = [
@@ -781,26 +949,43 @@ async fn private_addresses_are_refused_before_any_connection() {
 /// Issue 7: a 1 GiB import streams through in bounded memory (the server's peak RSS stays
 /// under 256 MiB) and stores exactly the source's bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_gib_import_streams_in_bounded_memory() {
+async fn one_gib_imports_from_each_source_stream_in_bounded_memory() {
     let (base, _src) = source().await;
-    let (server, c, url) = serve_for_imports(&[allow_loopback()]);
+    let (server, c, url) = serve_for_imports(&[
+        allow_loopback(),
+        ("FMS_DOWNLOADER__GOOGLE_API_URL", base.clone()),
+        ("FMS_DOWNLOADER__DROPBOX_CONTENT_URL", base.clone()),
+    ]);
     let token = new_user(&c, &url).await;
     let size = 1u64 << 30;
-    let started = std::time::Instant::now();
-    let j = import(
-        &c,
-        &url,
-        &token,
-        json!({"url": format!("{base}/f/{size}/11")}),
-    )
-    .await;
-    let took = started.elapsed();
-    assert_eq!(j["state"], "completed", "{j}");
+    for (body, seed) in [
+        (json!({"url": format!("{base}/f/{size}/11")}), 11),
+        (
+            json!({"source": "google_drive", "file_id": "big1", "access_token": "drive-token"}),
+            12,
+        ),
+        (
+            json!({"source": "dropbox", "path": "/big.bin", "access_token": "dbx-token"}),
+            13,
+        ),
+        (
+            json!({"source": "s3", "endpoint": format!("{base}/s3"), "region": "eu-test-1",
+                   "bucket": "bkt", "key": "big.bin", "access_key_id": "AKIDTEST",
+                   "secret_access_key": "s3-secret"}),
+            14,
+        ),
+    ] {
+        let started = std::time::Instant::now();
+        let j = import(&c, &url, &token, body.clone()).await;
+        let took = started.elapsed();
+        assert_eq!(j["state"], "completed", "{body}: {j}");
+        let f = file(&c, &url, &token, j["file_id"].as_str().unwrap()).await;
+        assert_eq!(f["size"], size);
+        assert_eq!(f["content_hash"], blake3_of(seed, size), "{body}");
+        eprintln!("1 GiB import ({}) in {took:?}", body["source"]);
+    }
     let peak = proc_kib(server.child.id(), "VmHWM:");
-    let f = file(&c, &url, &token, j["file_id"].as_str().unwrap()).await;
-    assert_eq!(f["size"], size);
-    assert_eq!(f["content_hash"], blake3_of(11, size));
-    eprintln!("1 GiB import in {took:?}; server peak RSS {peak} KiB");
+    eprintln!("server peak RSS after 4 x 1 GiB: {peak} KiB");
     assert!(peak < 256 * 1024, "peak RSS {peak} KiB");
 }
 
@@ -846,6 +1031,8 @@ async fn imports_from_drive_dropbox_and_s3() {
         json!({"type": "google_drive", "file_id": "photo1"}),
         "no token shown"
     );
+    let j = import(&c, &url, &token, drive("empty1", "drive-token")).await;
+    check(&j, "empty.txt", 26, 0).await;
     let j = import(&c, &url, &token, drive("doc1", "drive-token")).await;
     check(&j, "Plan.docx", 22, 100_000).await;
     let mut pdf = drive("doc1", "drive-token");
@@ -876,6 +1063,8 @@ async fn imports_from_drive_dropbox_and_s3() {
     let dbx = |path: &str| json!({"source": "dropbox", "path": path, "access_token": "dbx-token"});
     let j = import(&c, &url, &token, dbx("/docs/report.pdf")).await;
     check(&j, "report.pdf", 31, 3 << 20).await;
+    let j = import(&c, &url, &token, dbx("/empty.txt")).await;
+    check(&j, "empty.txt", 35, 0).await;
     let j = import(&c, &url, &token, dbx("id:abc123")).await;
     check(&j, "report.pdf", 31, 3 << 20).await;
     let j = import(&c, &url, &token, dbx("/résumé.txt")).await;
@@ -915,6 +1104,10 @@ async fn imports_from_drive_dropbox_and_s3() {
     check(&j, "obj 1.bin", 41, 2 << 20).await;
     assert_eq!(src.requests.load(Ordering::Relaxed) - before, 2);
     assert!(!j["source"].to_string().contains("s3-secret"));
+    let mut empty = s3("s3-secret");
+    empty["key"] = json!("empty");
+    let j = import(&c, &url, &token, empty).await;
+    check(&j, "empty", 43, 0).await;
     let j = import(&c, &url, &token, s3("wrong-secret")).await;
     assert_eq!(j["error"]["code"], "source_denied", "{j}");
     let j = import(
@@ -949,4 +1142,170 @@ async fn imports_from_drive_dropbox_and_s3() {
         assert_eq!(s, 400, "{body}: {e}");
         assert_eq!(e["error"]["code"], code, "{body}: {e}");
     }
+}
+
+/// Issue 7: connected accounts. The OAuth authorization-code flow with PKCE, run as a
+/// browser would (authorize URL -> the provider's consent -> our callback), for Drive and
+/// Dropbox; tokens stored sealed (no token text anywhere in the data directory); an
+/// expired access token refreshed before an import uses it, once; the remote drive browsed;
+/// a used state, a provider's error, an unconnected or disconnected account refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connected_accounts_authorize_refresh_browse_and_import() {
+    let (base, src) = source().await;
+    let mut env = vec![
+        allow_loopback(),
+        ("FMS_DOWNLOADER__GOOGLE_API_URL", base.clone()),
+        ("FMS_DOWNLOADER__DROPBOX_CONTENT_URL", base.clone()),
+    ];
+    for p in ["GOOGLE_DRIVE", "DROPBOX"] {
+        for (k, v) in [
+            ("CLIENT_ID", "cid".to_string()),
+            ("CLIENT_SECRET", "csecret".to_string()),
+            ("AUTH_URL", format!("{base}/oauth/authorize")),
+            ("TOKEN_URL", format!("{base}/oauth/token")),
+            ("API_URL", base.clone()),
+        ] {
+            let name: &'static str = Box::leak(format!("FMS_CONNECT__{p}__{k}").into_boxed_str());
+            env.push((name, v));
+        }
+    }
+    let (server, c, url) = serve_for_imports(&env);
+    let token = new_user(&c, &url).await;
+    let get = |path: String| {
+        let (c, token) = (c.clone(), token.clone());
+        async move {
+            let r = c.get(path).bearer_auth(&token).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = get(format!("{url}/api/connect")).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v,
+        json!({"providers": ["google_drive", "dropbox"], "accounts": []})
+    );
+    let photo = json!({"source": "google_drive", "file_id": "photo1"});
+    let (s, e) = start_import(&c, &url, &token, photo.clone()).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("not_connected")),
+        "{e}"
+    );
+
+    // Connect Drive as a browser would.
+    let (s, a) = get(format!("{url}/api/connect/google_drive")).await;
+    assert_eq!(s, 200, "{a}");
+    let authorize = a["authorize_url"].as_str().unwrap().to_string();
+    assert!(authorize.starts_with(&format!("{base}/oauth/authorize?")));
+    assert!(
+        authorize.contains("code_challenge_method=S256")
+            && authorize.contains("access_type=offline")
+    );
+    let r = c.get(&authorize).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // The same authorization again: its state is used up.
+    let r = c.get(&authorize).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let (_, v) = get(format!("{url}/api/connect")).await;
+    assert_eq!(v["accounts"][0]["provider"], "google_drive", "{v}");
+    // Sealed at rest: no token text in any file of the data directory.
+    let dir = server._dir.as_ref().unwrap().path().to_path_buf();
+    let mut files = vec![dir];
+    while let Some(f) = files.pop() {
+        if f.is_dir() {
+            files.extend(std::fs::read_dir(&f).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&f) {
+            for secret in [&b"rt-drive"[..], b"stale-token"] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret),
+                    "{} holds a token in clear",
+                    f.display()
+                );
+            }
+        }
+    }
+
+    // The expired access token is refreshed before the import, once.
+    let j = import(&c, &url, &token, photo.clone()).await;
+    assert_eq!(j["state"], "completed", "{j}");
+    let f = file(&c, &url, &token, j["file_id"].as_str().unwrap()).await;
+    assert_eq!(f["content_hash"], blake3_of(21, 10 << 20));
+    assert_eq!(src.refreshes.load(Ordering::SeqCst), 1);
+    let j = import(&c, &url, &token, photo.clone()).await;
+    assert_eq!(j["state"], "completed", "{j}");
+    assert_eq!(
+        src.refreshes.load(Ordering::SeqCst),
+        1,
+        "still fresh: not refreshed again"
+    );
+    let (s, l) = get(format!("{url}/api/connect/google_drive/list")).await;
+    assert_eq!(s, 200, "{l}");
+    assert_eq!(l["items"][0]["name"], "photo.jpg");
+    assert_eq!(l["items"][0]["size"], 10 << 20);
+    assert_eq!(l["items"][1]["kind"], "folder");
+
+    // Dropbox.
+    let (_, a) = get(format!("{url}/api/connect/dropbox")).await;
+    let authorize = a["authorize_url"].as_str().unwrap().to_string();
+    assert!(authorize.contains("token_access_type=offline"));
+    assert_eq!(c.get(&authorize).send().await.unwrap().status(), 200);
+    let (s, l) = get(format!("{url}/api/connect/dropbox/list")).await;
+    assert_eq!(s, 200, "{l}");
+    assert_eq!(l["items"][1]["path"], "/docs/report.pdf");
+    let j = import(
+        &c,
+        &url,
+        &token,
+        json!({"source": "dropbox", "path": "/docs/report.pdf"}),
+    )
+    .await;
+    assert_eq!(j["state"], "completed", "{j}");
+
+    // Refusals.
+    let r = c
+        .get(format!(
+            "{url}/api/connect/google_drive/callback?error=access_denied&state=x"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c
+        .get(format!(
+            "{url}/api/connect/google_drive/callback?code=good-code&state=forged"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(get(format!("{url}/api/connect/onedrive")).await.0, 404);
+    let other = new_user(&c, &url).await;
+    let r = c
+        .get(format!("{url}/api/connect/google_drive/list"))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "another user has no account here");
+    let del = |p: &'static str| {
+        let (c, url, token) = (c.clone(), url.clone(), token.clone());
+        async move {
+            c.delete(format!("{url}/api/connect/{p}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(del("google_drive").await, 204);
+    assert_eq!(del("google_drive").await, 404);
+    let (s, e) = start_import(&c, &url, &token, photo).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("not_connected")),
+        "{e}"
+    );
 }

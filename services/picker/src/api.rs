@@ -46,6 +46,16 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         .route("/api/files/download", post(crate::jobs::start_import))
         .route("/api/transform/{id}", post(not_yet_transform))
         .route("/api/jobs/{id}", get(crate::jobs::job))
+        .route("/api/connect", get(crate::connect::accounts))
+        .route(
+            "/api/connect/{provider}",
+            get(crate::connect::authorize).delete(crate::connect::disconnect),
+        )
+        .route(
+            "/api/connect/{provider}/callback",
+            get(crate::connect::callback),
+        )
+        .route("/api/connect/{provider}/list", get(crate::connect::list))
         .route(
             "/api/openapi.json",
             get(|| async {

@@ -140,7 +140,7 @@ fn job_json(j: &JobRow) -> Value {
     v
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     fms_platform::logging::rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
 }
 
@@ -292,7 +292,7 @@ fn source_of(
             let file_id = need(&b.file_id, "file_id")?;
             let d = pb::GoogleDriveSource {
                 file_id: file_id.clone(),
-                access_token: need(&b.access_token, "access_token")?,
+                access_token: text(&b.access_token),
                 export_mime_type: text(&b.export_mime_type),
             };
             (
@@ -303,7 +303,7 @@ fn source_of(
         "dropbox" => {
             let d = pb::DropboxSource {
                 path: text(&b.path),
-                access_token: need(&b.access_token, "access_token")?,
+                access_token: text(&b.access_token),
                 shared_link: text(&b.shared_link),
             };
             if d.path.is_empty() && d.shared_link.is_empty() {
@@ -371,7 +371,26 @@ pub(crate) async fn start_import(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let user = claims.sub;
     let source = body.source.as_deref().unwrap_or("url");
-    let (request_source, described) = source_of(source, &body)?;
+    let (mut request_source, described) = source_of(source, &body)?;
+    // No token given: the user's connected account (refreshed if need be).
+    {
+        use pb::download_file_request::Source;
+        let token = match &mut request_source {
+            Source::GoogleDrive(d) => Some((&mut d.access_token, "google_drive")),
+            Source::Dropbox(d) => Some((&mut d.access_token, "dropbox")),
+            _ => None,
+        };
+        if let Some((t, provider)) = token
+            && t.is_empty()
+        {
+            if !p.connect.offers(provider) {
+                return Err(ApiError::bad_request(format!(
+                    "`access_token` is required for {provider} (no connected accounts here)"
+                )));
+            }
+            *t = p.connect.access_token(&p, &user, provider).await?;
+        }
+    }
     if let Some(n) = &body.name {
         crate::api::check_name(n)?;
     }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod authz;
+pub mod connect;
 pub mod engine;
 pub mod events;
 pub mod failpoint;
@@ -38,6 +39,8 @@ pub struct Picker {
     pub events: events::Publisher,
     /// The downloader (imports); `None`: imports answer 503.
     pub downloader: Option<jobs::Downloader>,
+    /// Connected cloud accounts.
+    pub connect: connect::Connect,
     /// Background GC passes completed (for tests and metrics).
     pub gc_runs: std::sync::atomic::AtomicU64,
     /// Bytes the bulk gRPC API received in data and chunk messages (also the metric
@@ -209,7 +212,9 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
     } else {
         Some(jobs::downloader(&cfg.picker.downloader_url)?)
     };
+    let connect = connect::Connect::open(&cfg.connect, &cfg.data_dir)?;
     Ok(Arc::new(Picker {
+        connect,
         engine,
         meta,
         authz,

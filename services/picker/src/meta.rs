@@ -25,6 +25,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         sql: include_str!("../migrations/0005_jobs.sql"),
     },
+    Migration {
+        version: 6,
+        sql: include_str!("../migrations/0006_connect.sql"),
+    },
 ];
 
 /// A resumable upload (tus).

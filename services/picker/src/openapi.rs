@@ -120,6 +120,11 @@ impl Modify for Bearer {
         crate::jobs::start_import,
         crate::api::not_yet_transform,
         crate::jobs::job,
+        crate::connect::accounts,
+        crate::connect::authorize,
+        crate::connect::callback,
+        crate::connect::disconnect,
+        crate::connect::list,
     ),
     components(schemas(
         FileRecord,

@@ -42,6 +42,8 @@ pub struct Config {
     pub notification: NotificationConfig,
     /// The downloader: imports from URLs and cloud drives.
     pub downloader: DownloaderConfig,
+    /// Connected cloud accounts (OAuth 2.0 for Google Drive and Dropbox), kept by the picker.
+    pub connect: ConnectConfig,
 }
 
 impl Default for Config {
@@ -59,6 +61,61 @@ impl Default for Config {
             picker: PickerConfig::default(),
             notification: NotificationConfig::default(),
             downloader: DownloaderConfig::default(),
+            connect: ConnectConfig::default(),
+        }
+    }
+}
+
+/// Connected accounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectConfig {
+    /// This API's base URL as browsers reach it (`https://files.example.com`): OAuth
+    /// callbacks go to `<public_url>/api/connect/<provider>/callback`. Empty: the address
+    /// the request came in on.
+    pub public_url: String,
+    /// Where the browser goes after a successful connection (empty: a small page saying so).
+    pub return_url: String,
+    /// Key sealing stored tokens (base64 of 32 bytes; every replica needs the same). Empty:
+    /// `<data_dir>/connect.key`, created on first use (embedded, one process).
+    pub token_key: String,
+    pub google_drive: OAuthProvider,
+    pub dropbox: OAuthProvider,
+}
+
+/// One OAuth 2.0 provider. Empty `client_id`: not offered.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthProvider {
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth_url: String,
+    pub token_url: String,
+    /// API base for browsing (`/drive/v3/files`, `/2/files/list_folder`).
+    pub api_url: String,
+    pub scope: String,
+}
+
+impl Default for ConnectConfig {
+    fn default() -> Self {
+        ConnectConfig {
+            public_url: String::new(),
+            return_url: String::new(),
+            token_key: String::new(),
+            google_drive: OAuthProvider {
+                auth_url: "https://accounts.google.com/o/oauth2/v2/auth".into(),
+                token_url: "https://oauth2.googleapis.com/token".into(),
+                api_url: "https://www.googleapis.com".into(),
+                scope: "https://www.googleapis.com/auth/drive.readonly".into(),
+                ..OAuthProvider::default()
+            },
+            dropbox: OAuthProvider {
+                auth_url: "https://www.dropbox.com/oauth2/authorize".into(),
+                token_url: "https://api.dropboxapi.com/oauth2/token".into(),
+                api_url: "https://api.dropboxapi.com".into(),
+                scope: "files.metadata.read files.content.read".into(),
+                ..OAuthProvider::default()
+            },
         }
     }
 }
