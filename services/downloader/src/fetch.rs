@@ -227,12 +227,20 @@ impl Http {
     async fn send(
         &self,
         plan: &Plan,
+        limits: &Limits,
         offset: u64,
         validator: Option<&str>,
     ) -> Result<reqwest::Response, Failure> {
         let mut url = plan.url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut headers = plan.headers.clone();
+            // Credentials (Authorization, provider arguments, signatures) go to the plan's
+            // origin only, never to where it redirects elsewhere.
+            let home = url.origin() == plan.url.origin();
+            let mut headers = if home {
+                plan.headers.clone()
+            } else {
+                HeaderMap::new()
+            };
             headers.insert(
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
@@ -245,14 +253,27 @@ impl Http {
                     headers.insert(header::IF_RANGE, v);
                 }
             }
-            if let Some(s) = &plan.signer {
+            if let Some(s) = plan.signer.as_ref().filter(|_| home) {
                 s.sign(&plan.method, &url, &mut headers);
             }
             let rq = self
                 .client
                 .request(plan.method.clone(), url.clone())
                 .headers(headers);
-            let resp = match rq.send().await {
+            // A source that connects and then says nothing: idle, then the deadline.
+            let wait = (Instant::now() + limits.idle).min(limits.deadline);
+            let sent =
+                tokio::time::timeout_at(tokio::time::Instant::from_std(wait), rq.send()).await;
+            let Ok(sent) = sent else {
+                if Instant::now() >= limits.deadline {
+                    return Err(Failure::Fatal(FetchError::Timeout));
+                }
+                return Err(Failure::Retry(Transient(
+                    format!("no answer for {:?}", limits.idle),
+                    None,
+                )));
+            };
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     if let Some(r) = refused_in(&e) {
@@ -301,7 +322,7 @@ impl Http {
         let mut failures = 0u32;
         let mut backoff = Duration::from_millis(200);
         loop {
-            let (why, after) = match self.send(plan, 0, None).await {
+            let (why, after) = match self.send(plan, limits, 0, None).await {
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry(Transient(why, after))) => (why, after),
                 Ok(resp) => match resp.status() {
@@ -309,7 +330,10 @@ impl Http {
                         let mut body = resp.bytes_stream();
                         let mut buf = Vec::new();
                         let mut cut = None;
-                        while let Some(next) = tokio::time::timeout(limits.idle, body.next())
+                        let until = tokio::time::Instant::from_std(
+                            (Instant::now() + limits.idle).min(limits.deadline),
+                        );
+                        while let Some(next) = tokio::time::timeout_at(until, body.next())
                             .await
                             .transpose()
                         {
@@ -429,18 +453,25 @@ impl Http {
         validator: &mut Option<String>,
         opened: &mut bool,
     ) -> Result<(), Failure> {
-        let resp = self.send(plan, *got, validator.as_deref()).await?;
+        let resp = self.send(plan, limits, *got, validator.as_deref()).await?;
         let status = resp.status();
         let mut skip = 0u64;
         match status {
             StatusCode::OK => {
                 if *got > 0 {
-                    if validator.is_some() {
-                        // If-Range was sent and the whole body came back: it changed.
+                    let now = validator_of(resp.headers());
+                    if validator.is_some() && now != *validator {
+                        // If-Range was sent and another version came back: it changed.
                         return Err(FetchError::Changed.into());
                     }
-                    // No validator to resume against safely, but the source ignores Range
-                    // anyway: read past what we have.
+                    // The same version (or no way to tell) from a source that ignores
+                    // Range: read past what we have — but only if it is at least as long
+                    // as what we have and as long as it was.
+                    if let Some(len) = resp.content_length()
+                        && (len < *got || total.is_some_and(|t| t != len))
+                    {
+                        return Err(FetchError::Changed.into());
+                    }
                     skip = *got;
                 }
                 if let Some(len) = resp.content_length() {
@@ -464,6 +495,17 @@ impl Http {
                         "asked for bytes from {got} and got bytes from {start}"
                     ))
                     .into());
+                }
+                if let (Some(s), Some(t)) = (size, *total)
+                    && s != t
+                {
+                    return Err(FetchError::Changed.into());
+                }
+                if let Some(v) = validator.as_deref()
+                    && validator_of(resp.headers()).is_some_and(|now| now != v)
+                {
+                    // A server that ignored If-Range and sent part of another version.
+                    return Err(FetchError::Changed.into());
                 }
                 if let Some(s) = size {
                     *total = Some(s);
@@ -495,7 +537,7 @@ impl Http {
         {
             return Err(FetchError::TooLarge(limits.max_size).into());
         }
-        if validator.is_none() && *got == 0 {
+        if *got == 0 {
             *validator = validator_of(resp.headers());
         }
         if !*opened {
@@ -591,6 +633,10 @@ impl Http {
                     }
                 }
                 Some(Err(e)) => break Err(Failure::Retry(Transient(describe(&e), None))),
+                None if skip > 0 => {
+                    // Shorter than what we already had: not the same file.
+                    break Err(Failure::Fatal(FetchError::Changed));
+                }
                 None => match *total {
                     Some(t) if *got < t => {
                         break Err(Failure::Retry(Transient(
@@ -614,8 +660,9 @@ impl Http {
 async fn small_text(resp: reqwest::Response) -> String {
     let mut body = resp.bytes_stream();
     let mut out = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
     while out.len() < 4096 {
-        match tokio::time::timeout(Duration::from_secs(5), body.next()).await {
+        match tokio::time::timeout_at(until, body.next()).await {
             Ok(Some(Ok(b))) => out.extend_from_slice(&b[..b.len().min(4096 - out.len())]),
             _ => break,
         }

@@ -12,7 +12,7 @@
 //!
 //! Sources ([`sources`]): plain URLs, Google Drive (v3, with Docs exported), Dropbox (v2,
 //! paths, ids and shared links), S3 (presigned URLs, or SigV4-signed bucket + key). The
-//! caller passes the user's access token; connected accounts (OAuth, refresh) are not built.
+//! caller passes the user's access token (the picker's connected accounts supply one).
 
 pub mod fetch;
 pub mod guard;
@@ -36,6 +36,9 @@ use tonic::{Request, Response, Status};
 
 /// Progress is reported at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// An empty data message goes to the picker at least this often (well inside any
+/// `picker.idle_timeout`, which is at least 1 s).
+const KEEPALIVE: Duration = Duration::from_millis(500);
 
 /// The service.
 pub struct Downloader {
@@ -87,15 +90,17 @@ impl Downloader {
             .map_err(|e| format!("downloader.picker_url: {e}"))?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        let base =
-            |key: &str, v: &str| url::Url::parse(v).map_err(|e| format!("downloader.{key}: {e}"));
+        let http = Http::new(allow, lookup)?;
+        // Provider bases pass the same guard as user URLs (names are checked again at
+        // every connection by the resolver).
+        let base = |key: &str, v: &str| http.check(v).map_err(|e| format!("downloader.{key}: {e}"));
         Ok(Arc::new(Downloader {
             cfg: d.clone(),
             bases: sources::Bases {
                 google_api: base("google_api_url", &d.google_api_url)?,
                 dropbox_content: base("dropbox_content_url", &d.dropbox_content_url)?,
             },
-            http: Http::new(allow, lookup)?,
+            http,
             picker: PickerInternalServiceClient::new(channel)
                 .max_decoding_message_size(8 << 20)
                 .max_encoding_message_size(8 << 20),
@@ -202,7 +207,9 @@ impl Downloader {
                 picker_pb::PutFileHeader {
                     owner_id: r.owner_id.clone(),
                     name,
-                    expected_size: None,
+                    // The picker refuses at once what is over its size limit or the quota;
+                    // the fetch fails (`Changed`) before a different length gets through.
+                    expected_size: size,
                     expected_blake3: String::new(),
                     idempotency_key: r.idempotency_key.clone(),
                     origin: origin.into(),
@@ -228,8 +235,19 @@ impl Downloader {
         let put = tokio::spawn(async move { picker.put_file(ReceiverStream::new(put_rx)).await });
         let mut sent = 0u64;
         let mut told = Instant::now();
-        while let Some(p) = rx.recv().await {
-            let Piece::Data(b) = p else { continue };
+        // While the source is slow or being retried, empty data messages keep the picker's
+        // idle timeout (`picker.idle_timeout`) from ending the upload.
+        let mut keepalive = tokio::time::interval(KEEPALIVE);
+        keepalive.tick().await;
+        loop {
+            let b = tokio::select! {
+                p = rx.recv() => match p {
+                    Some(Piece::Data(b)) => b,
+                    Some(Piece::Opened { .. }) => continue,
+                    None => break,
+                },
+                _ = keepalive.tick() => bytes::Bytes::new(),
+            };
             sent += b.len() as u64;
             let msg = picker_pb::PutFileRequest {
                 msg: Some(picker_pb::put_file_request::Msg::Data(b)),
@@ -270,6 +288,14 @@ impl Downloader {
             drop(put_tx);
             let _ = put.await;
             return Err(status(e));
+        }
+        if progress.is_closed() {
+            // Nobody follows this import any more (the picker restarted): store nothing
+            // rather than a file no job will name.
+            drop(poison);
+            drop(put_tx);
+            let _ = put.await;
+            return Err(Status::cancelled("the caller went away"));
         }
         // The end of the stream commits the file.
         poison.0 = None;

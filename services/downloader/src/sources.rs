@@ -248,6 +248,12 @@ pub fn s3(http: &Http, s: &pb::S3Source) -> Result<Plan, FetchError> {
     if s.key.is_empty() || s.key.len() > 1024 {
         return Err(invalid("key: 1 to 1024 bytes"));
     }
+    // URLs resolve `.` and `..` segments: such a key would name another object.
+    if s.key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(invalid(
+            "key: `.` and `..` segments cannot be fetched by URL",
+        ));
+    }
     let region = if s.region.is_empty() {
         "us-east-1"
     } else {

@@ -222,3 +222,61 @@ async fn a_name_rebinding_between_connections_is_caught() {
     assert_eq!(source.load(Ordering::SeqCst), 1);
     assert_eq!(decoy.load(Ordering::SeqCst), 0);
 }
+
+/// Credentials go to the source's own origin only: after a redirect to another host, the
+/// request carries no Authorization (nor any other header the plan added).
+#[tokio::test]
+async fn credentials_are_not_sent_across_a_redirect() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let target = TcpListener::bind(("127.0.0.2", 0)).await.unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = target.accept().await {
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                let _ = s.write_all(ok_answer("moved").as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        });
+    }
+    let (port, _) = server("127.0.0.1", 0, move |path, _| match path {
+        "/same" => ok_answer("home"),
+        _ => format!(
+            "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.2:{target_port}/x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    })
+    .await;
+    let allow = Allow::parse(&["127.0.0.0/8".to_string()]).unwrap();
+    let http = Http::new(allow, lookup(HashMap::new(), Arc::new(AtomicU64::new(0)))).unwrap();
+    let mut plan = Plan::get(
+        http.check(&format!("http://127.0.0.1:{port}/away"))
+            .unwrap(),
+    );
+    plan.headers.insert(
+        reqwest::header::AUTHORIZATION,
+        "Bearer secret-token".parse().unwrap(),
+    );
+    plan.headers
+        .insert("dropbox-api-arg", r#"{"path":"/x"}"#.parse().unwrap());
+    let limits = Limits {
+        max_size: 1 << 20,
+        idle: Duration::from_secs(2),
+        deadline: Instant::now() + Duration::from_secs(10),
+        retries: 0,
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    http.fetch(&plan, &limits, &tx).await.unwrap();
+    drop(tx);
+    drain.await.unwrap();
+    let heads = seen.lock().unwrap().clone();
+    assert_eq!(heads.len(), 1);
+    assert!(!heads[0].contains("authorization"), "{}", heads[0]);
+    assert!(!heads[0].contains("secret-token"));
+    assert!(!heads[0].contains("dropbox-api-arg"));
+}

@@ -82,6 +82,10 @@ struct Knobs {
     endless: Option<u32>,
     /// Content-Disposition file name.
     name: Option<String>,
+    /// Answer a resume (a Range request) with a whole, shorter version (200).
+    shrink: Option<u32>,
+    /// Stall this many seconds after the first 512 KiB.
+    pause: Option<u64>,
     /// A tag making otherwise equal URLs distinct (for the one-time knobs).
     tag: Option<String>,
 }
@@ -146,6 +150,12 @@ async fn serve_file(
         }
         (s, _) => s,
     };
+    if k.shrink.is_some() && start.is_some_and(|s| s > 0) {
+        let short = size / 2;
+        let body = Bytes::from(content(seed + 1, 0, short as usize));
+        src.sent.fetch_add(short, Ordering::Relaxed);
+        return ([(header::CONTENT_LENGTH, short.to_string())], body).into_response();
+    }
     let from = start.unwrap_or(0);
     let mut end = size;
     if let Some(c) = k.cut
@@ -158,9 +168,15 @@ async fn serve_file(
         None => end,
     };
     let src2 = src.clone();
+    let pause = k.pause;
     let body = futures_util::stream::unfold(from, move |pos| {
         let src = src2.clone();
         async move {
+            if let Some(secs) = pause
+                && pos == 512 << 10
+            {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+            }
             if pos >= send_end {
                 return if send_end < size && pos < size {
                     // Cut: end the body early (the connection is dropped mid-body).
@@ -716,6 +732,8 @@ async fn url_imports_store_the_source_bytes_and_resume_after_a_cut() {
         ("http_proxy", proxy.clone()),
         ("HTTPS_PROXY", proxy.clone()),
         ("ALL_PROXY", proxy.clone()),
+        // Shorter than the stall below: the downloader keeps the upload alive meanwhile.
+        ("FMS_PICKER__IDLE_TIMEOUT", "3s".into()),
     ]);
     let token = new_user(&c, &url).await;
 
@@ -778,6 +796,34 @@ async fn url_imports_store_the_source_bytes_and_resume_after_a_cut() {
     assert_eq!(j["state"], "completed", "{j}");
     let f = file(&c, &url, &token, j["file_id"].as_str().unwrap()).await;
     assert_eq!(f["content_hash"], blake3_of(7, 4 * MIB));
+
+    // A source that stalls longer than the picker's idle timeout mid-file still completes.
+    let j = import(
+        &c,
+        &url,
+        &token,
+        json!({"url": format!("{base}/f/{}/10?pause=5", 2 * MIB)}),
+    )
+    .await;
+    assert_eq!(j["state"], "completed", "{j}");
+    let f = file(&c, &url, &token, j["file_id"].as_str().unwrap()).await;
+    assert_eq!(f["content_hash"], blake3_of(10, 2 * MIB));
+    // A resume answered with another, shorter version (no validator to tell): refused as
+    // changed, nothing stored.
+    let files_before = file_count(&c, &url, &token).await;
+    let j = import(
+        &c,
+        &url,
+        &token,
+        json!({"url": format!("{base}/f/{}/12?cut={}&noetag=1&shrink=1", 4 * MIB, 3 * MIB)}),
+    )
+    .await;
+    assert_eq!(j["state"], "failed", "{j}");
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains("changed"),
+        "{j}"
+    );
+    assert_eq!(file_count(&c, &url, &token).await, files_before);
 
     // Failures the job reports.
     let j = import(
@@ -848,6 +894,7 @@ async fn imports_stop_at_the_limits_and_store_nothing() {
         ("FMS_DOWNLOADER__IDLE_TIMEOUT", "2s".into()),
         ("FMS_DOWNLOADER__RETRIES", "2".into()),
         ("FMS_DOWNLOADER__MAX_PER_USER", "1".into()),
+        ("FMS_PICKER__QUOTA", "3MiB".into()),
     ]);
     let token = new_user(&c, &url).await;
     // One import at a time per user: a second is refused while the first runs.
@@ -875,6 +922,8 @@ async fn imports_stop_at_the_limits_and_store_nothing() {
         ("f/8388608/2?chunked=1", "too_large"),
         ("f/1/3?endless=1", "too_large"),
         ("f/1/4?drip=1", "timeout"),
+        ("f/3670016/6", "quota_exceeded"),
+        ("f/3670016/7?chunked=1", "quota_exceeded"),
         ("f/3000000/5?lie=1000000", "source_unavailable"),
     ] {
         let started = std::time::Instant::now();
@@ -1193,20 +1242,76 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
         "{e}"
     );
 
-    // Connect Drive as a browser would.
-    let (s, a) = get(format!("{url}/api/connect/google_drive")).await;
-    assert_eq!(s, 200, "{a}");
-    let authorize = a["authorize_url"].as_str().unwrap().to_string();
+    // Connect Drive as a browser would: our authorize (sets the binding cookie) -> the
+    // provider's consent (redirects back with a code) -> our callback (with the cookie).
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let start = |provider: &'static str, token: String| {
+        let (browser, url) = (browser.clone(), url.clone());
+        async move {
+            let r = browser
+                .get(format!("{url}/api/connect/{provider}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let cookie = r.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .split(';')
+                .next()
+                .unwrap()
+                .to_string();
+            let a: Value = r.json().await.unwrap();
+            let authorize = a["authorize_url"].as_str().unwrap().to_string();
+            let r = browser.get(&authorize).send().await.unwrap();
+            assert_eq!(r.status(), 302, "the provider sends the browser back");
+            let callback = r.headers()["location"].to_str().unwrap().to_string();
+            (cookie, authorize, callback)
+        }
+    };
+    let finish = |callback: String, cookie: Option<String>| {
+        let browser = browser.clone();
+        async move {
+            let mut rq = browser.get(callback);
+            if let Some(c) = cookie {
+                rq = rq.header("cookie", c);
+            }
+            rq.send().await.unwrap().status().as_u16()
+        }
+    };
+    // Someone else's link (the attacker's authorization, followed by a browser without its
+    // cookie) links nothing.
+    let attacker = new_user(&c, &url).await;
+    let (_, _, callback) = start("google_drive", attacker.clone()).await;
+    assert_eq!(
+        finish(callback, Some("fms_connect=forged".into())).await,
+        400
+    );
+    let (_, _, callback) = start("google_drive", attacker.clone()).await;
+    assert_eq!(finish(callback, None).await, 400);
+    let v: Value = c
+        .get(format!("{url}/api/connect"))
+        .bearer_auth(&attacker)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["accounts"], json!([]), "nothing linked to the attacker");
+    let (cookie, authorize, callback) = start("google_drive", token.clone()).await;
     assert!(authorize.starts_with(&format!("{base}/oauth/authorize?")));
     assert!(
         authorize.contains("code_challenge_method=S256")
             && authorize.contains("access_type=offline")
     );
-    let r = c.get(&authorize).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    // The same authorization again: its state is used up.
-    let r = c.get(&authorize).send().await.unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(finish(callback.clone(), Some(cookie.clone())).await, 200);
+    // The same callback again: its state is used up.
+    assert_eq!(finish(callback, Some(cookie)).await, 400);
     let (_, v) = get(format!("{url}/api/connect")).await;
     assert_eq!(v["accounts"][0]["provider"], "google_drive", "{v}");
     // Sealed at rest: no token text in any file of the data directory.
@@ -1246,10 +1351,9 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
     assert_eq!(l["items"][1]["kind"], "folder");
 
     // Dropbox.
-    let (_, a) = get(format!("{url}/api/connect/dropbox")).await;
-    let authorize = a["authorize_url"].as_str().unwrap().to_string();
+    let (cookie, authorize, callback) = start("dropbox", token.clone()).await;
     assert!(authorize.contains("token_access_type=offline"));
-    assert_eq!(c.get(&authorize).send().await.unwrap().status(), 200);
+    assert_eq!(finish(callback, Some(cookie)).await, 200);
     let (s, l) = get(format!("{url}/api/connect/dropbox/list")).await;
     assert_eq!(s, 200, "{l}");
     assert_eq!(l["items"][1]["path"], "/docs/report.pdf");
@@ -1280,10 +1384,9 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(get(format!("{url}/api/connect/onedrive")).await.0, 404);
-    let other = new_user(&c, &url).await;
     let r = c
         .get(format!("{url}/api/connect/google_drive/list"))
-        .bearer_auth(&other)
+        .bearer_auth(&attacker)
         .send()
         .await
         .unwrap();

@@ -236,34 +236,51 @@ impl Connect {
         }
     }
 
+    /// Save `t` for `user`'s `provider` account. `replacing`: only over that sealed value
+    /// (a refresh: a concurrent refresh or a disconnect meanwhile wins, nothing is revived);
+    /// `None`: a new connection, over whatever was there.
     async fn store(
         &self,
         p: &Picker,
         user: &str,
         provider: &str,
         t: &Tokens,
+        replacing: Option<&str>,
     ) -> Result<(), ApiError> {
         let sealed = self.seal(user, provider, t)?;
         let pool = &p.meta.db().pool;
-        let mut tx = pool.begin().await.map_err(db_error)?;
-        sqlx::query("DELETE FROM connected_accounts WHERE user_id = $1 AND provider = $2")
-            .bind(user)
-            .bind(provider)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        sqlx::query(
-            "INSERT INTO connected_accounts (user_id, provider, sealed, updated_at)
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(user)
-        .bind(provider)
-        .bind(&sealed)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)
+        match replacing {
+            Some(old) => {
+                sqlx::query(
+                    "UPDATE connected_accounts SET sealed = $1, updated_at = $2
+                     WHERE user_id = $3 AND provider = $4 AND sealed = $5",
+                )
+                .bind(&sealed)
+                .bind(now_ms())
+                .bind(user)
+                .bind(provider)
+                .bind(old)
+                .execute(pool)
+                .await
+                .map_err(db_error)?;
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO connected_accounts (user_id, provider, sealed, updated_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (user_id, provider)
+                     DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+                )
+                .bind(user)
+                .bind(provider)
+                .bind(&sealed)
+                .bind(now_ms())
+                .execute(pool)
+                .await
+                .map_err(db_error)?;
+            }
+        }
+        Ok(())
     }
 
     /// A current access token for `user`'s `provider` account, refreshed if it is about
@@ -322,7 +339,7 @@ impl Connect {
             )
             .await?;
         let fresh = Self::tokens_from(&v, &t.refresh_token);
-        self.store(p, user, provider, &fresh).await?;
+        self.store(p, user, provider, &fresh, Some(&sealed)).await?;
         metrics::counter!("picker_oauth_refreshes_total").increment(1);
         Ok(fresh.access_token)
     }
@@ -373,7 +390,7 @@ pub(crate) async fn accounts(
 /// `GET /api/connect/{provider}`: where to send the browser to connect an account.
 #[utoipa::path(get, path = "/api/connect/{provider}", tag = "connect",
     params(("provider" = String, Path, description = "google_drive or dropbox")),
-    responses((status = 200, description = "`authorize_url`: send the browser there"),
+    responses((status = 200, description = "`authorize_url`: send the browser there; sets the `fms_connect` cookie the callback requires"),
         (status = 404, description = "unknown_provider", body = crate::openapi::ErrorBody),
         (status = 501, description = "provider_not_configured", body = crate::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = crate::openapi::ErrorBody)))]
@@ -382,26 +399,35 @@ pub(crate) async fn authorize(
     Authenticated(claims): Authenticated,
     Path(provider): Path<String>,
     h: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let prov = p.connect.provider(&provider)?;
     let state = B64.encode(random::<24>().map_err(ApiError::internal)?);
     let verifier = B64.encode(random::<32>().map_err(ApiError::internal)?);
     let challenge = B64.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let binding = B64.encode(random::<24>().map_err(ApiError::internal)?);
+    let redirect_uri = p.connect.callback_url(&h, &provider);
     let now = now_ms();
     let pool = &p.meta.db().pool;
-    sqlx::query("DELETE FROM oauth_states WHERE created_at < $1")
-        .bind(now - STATE_TTL_MS)
-        .execute(pool)
-        .await
-        .map_err(db_error)?;
     sqlx::query(
-        "INSERT INTO oauth_states (state, user_id, provider, verifier, created_at)
-         VALUES ($1, $2, $3, $4, $5)",
+        "DELETE FROM oauth_states WHERE created_at < $1 OR (user_id = $2 AND provider = $3)",
+    )
+    .bind(now - STATE_TTL_MS)
+    .bind(&claims.sub)
+    .bind(&provider)
+    .execute(pool)
+    .await
+    .map_err(db_error)?;
+    sqlx::query(
+        "INSERT INTO oauth_states
+             (state, user_id, provider, verifier, binding, redirect_uri, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&state)
     .bind(&claims.sub)
     .bind(&provider)
     .bind(&verifier)
+    .bind(hex_sha256(&binding))
+    .bind(&redirect_uri)
     .bind(now)
     .execute(pool)
     .await
@@ -412,7 +438,7 @@ pub(crate) async fn authorize(
         let mut q = u.query_pairs_mut();
         q.append_pair("response_type", "code")
             .append_pair("client_id", &prov.client_id)
-            .append_pair("redirect_uri", &p.connect.callback_url(&h, &provider))
+            .append_pair("redirect_uri", &redirect_uri)
             .append_pair("state", &state)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
@@ -426,9 +452,43 @@ pub(crate) async fn authorize(
             q.append_pair("token_access_type", "offline");
         }
     }
-    Ok(Json(
-        json!({"provider": provider, "authorize_url": u.as_str(), "expires_in": STATE_TTL_MS / 1000}),
-    ))
+    // The browser that starts the authorization must be the one that finishes it.
+    let secure = if p.connect.cfg.public_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={binding}; Path=/api/connect/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        STATE_TTL_MS / 1000
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(
+            json!({"provider": provider, "authorize_url": u.as_str(), "expires_in": STATE_TTL_MS / 1000}),
+        ),
+    )
+        .into_response())
+}
+
+/// The cookie binding an authorization to the browser that started it.
+const COOKIE: &str = "fms_connect";
+
+fn hex_sha256(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn cookie_value<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 #[derive(Deserialize)]
@@ -445,7 +505,7 @@ pub(crate) struct CallbackQuery {
         ("state" = Option<String>, Query, description = "From the provider"),
         ("error" = Option<String>, Query, description = "From the provider")),
     responses((status = 200, description = "Connected (a small page; 302 to connect.return_url when set)"),
-        (status = 400, description = "bad_callback: unknown or used state, the provider's error", body = crate::openapi::ErrorBody),
+        (status = 400, description = "bad_callback: unknown or used state, another browser (no matching `fms_connect` cookie), the provider's error", body = crate::openapi::ErrorBody),
         (status = 409, description = "reconnect_required: the provider refused the code", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn callback(
     State(p): State<Arc<Picker>>,
@@ -464,7 +524,8 @@ pub(crate) async fn callback(
     // One use: taken out before anything else.
     let pool = &p.meta.db().pool;
     let row = sqlx::query(
-        "SELECT user_id, provider, verifier, created_at FROM oauth_states WHERE state = $1",
+        "SELECT user_id, provider, verifier, created_at, binding, redirect_uri
+         FROM oauth_states WHERE state = $1",
     )
     .bind(state)
     .fetch_optional(pool)
@@ -482,10 +543,17 @@ pub(crate) async fn callback(
     let for_provider: String = row.try_get(1).map_err(db_error)?;
     let verifier: String = row.try_get(2).map_err(db_error)?;
     let created: i64 = row.try_get(3).map_err(db_error)?;
+    let binding: String = row.try_get(4).map_err(db_error)?;
+    let redirect_uri: String = row.try_get(5).map_err(db_error)?;
     if for_provider != provider || now_ms() - created > STATE_TTL_MS {
         return Err(bad("unknown or used state"));
     }
-    let redirect_uri = p.connect.callback_url(&h, &provider);
+    if cookie_value(&h, COOKIE).map(hex_sha256).as_deref() != Some(binding.as_str()) {
+        // Someone else's authorization link: the account must not be linked to its author.
+        return Err(bad(
+            "this browser did not start the connection; start it again from the app",
+        ));
+    }
     let v = p
         .connect
         .token_call(
@@ -501,7 +569,7 @@ pub(crate) async fn callback(
         )
         .await?;
     p.connect
-        .store(&p, &user, &provider, &Connect::tokens_from(&v, ""))
+        .store(&p, &user, &provider, &Connect::tokens_from(&v, ""), None)
         .await?;
     tracing::info!(%provider, "account connected");
     if !p.connect.cfg.return_url.is_empty() {

@@ -235,6 +235,15 @@ async fn finish(
 /// What a user is told for a downloader status: (HTTP status, code).
 fn classify(s: &tonic::Status) -> (StatusCode, &'static str) {
     use tonic::Code as C;
+    use tonic_types::StatusExt;
+    // The picker's own refusals (passed through by the downloader) carry their reason.
+    if let Some(info) = s.get_error_details().error_info() {
+        match info.reason.as_str() {
+            "QUOTA_EXCEEDED" => return (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
+            "FILE_TOO_LARGE" => return (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            _ => {}
+        }
+    }
     match s.code() {
         C::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_source"),
         C::PermissionDenied => (StatusCode::BAD_GATEWAY, "source_denied"),
@@ -432,7 +441,10 @@ pub(crate) async fn start_import(
                 .await;
             let (status, code) = if refused(&s) {
                 (StatusCode::BAD_REQUEST, "url_refused")
-            } else if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
+            } else if s.code() == tonic::Code::Unavailable {
+                // DownloadFile answers nothing synchronously as Unavailable itself: this is
+                // the downloader out of reach.
+                tracing::warn!(error = %s.message(), "downloader unreachable");
                 return Err(ApiError::unavailable("the downloader is unavailable", 5));
             } else {
                 classify(&s)
@@ -521,6 +533,18 @@ async fn follow(
             );
         }
     }
+}
+
+/// Finished jobs are kept this long, then forgotten.
+const JOB_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// Forget jobs finished (or abandoned) longer than 30 days ago. Returns how many.
+pub async fn forget_old(p: &Picker) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("DELETE FROM jobs WHERE updated_at < $1")
+        .bind(now_ms() - JOB_RETENTION_MS)
+        .execute(&p.meta.db().pool)
+        .await?;
+    Ok(r.rows_affected())
 }
 
 /// `GET /api/jobs/{id}`: the job, to its owner (anyone else: 404).

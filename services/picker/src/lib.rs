@@ -164,6 +164,11 @@ pub async fn start_with_gc(
                 {
                     tracing::warn!(error = %e, "forgetting old uploads failed");
                 }
+                if let Some(p) = this.upgrade()
+                    && let Err(e) = jobs::forget_old(&p).await
+                {
+                    tracing::warn!(error = %e, "forgetting old jobs failed");
+                }
                 let store = engine.store().clone();
                 match tokio::task::spawn_blocking(move || store.gc()).await {
                     Ok(Ok(r)) => {

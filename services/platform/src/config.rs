@@ -774,7 +774,18 @@ impl Config {
 
     /// The effective configuration as TOML (what `fms config print` shows).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        // Secrets are shown as set or not, never printed.
+        let mut shown = self.clone();
+        for secret in [
+            &mut shown.connect.token_key,
+            &mut shown.connect.google_drive.client_secret,
+            &mut shown.connect.dropbox.client_secret,
+        ] {
+            if !secret.is_empty() {
+                *secret = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
@@ -982,6 +993,17 @@ mod tests {
             let c = Config::load(None, env(&[("FMS_DOWNLOADER__ALLOW", list)])).unwrap();
             assert_eq!(c.downloader.allow, ["10.0.0.0/8", "127.0.0.1"]);
         }
+        let secret = Config::load(
+            None,
+            env(&[
+                ("FMS_CONNECT__TOKEN_KEY", "c2VjcmV0LWtleS1tYXRlcmlhbA=="),
+                ("FMS_CONNECT__DROPBOX__CLIENT_SECRET", "dbx-client-secret"),
+            ]),
+        )
+        .unwrap();
+        let shown = secret.to_toml();
+        assert!(!shown.contains("c2VjcmV0") && !shown.contains("dbx-client-secret"));
+        assert!(shown.contains("<redacted>"));
         let err = Config::load(None, env(&[("FMS_DOWNLOADER__ALLOW", "[1, ")]))
             .unwrap_err()
             .to_string();
