@@ -140,6 +140,11 @@ enum Command {
         #[command(flatten)]
         listen: ListenArgs,
     },
+    /// Run the transformer alone (gRPC `TransformFile`).
+    Transformer {
+        #[command(flatten)]
+        listen: ListenArgs,
+    },
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -230,7 +235,8 @@ fn main() -> ExitCode {
     | Command::Permission { listen }
     | Command::Picker { listen }
     | Command::Notification { listen }
-    | Command::Downloader { listen } = &cli.command
+    | Command::Downloader { listen }
+    | Command::Transformer { listen } = &cli.command
     {
         let role = match cli.command {
             Command::Serve { .. } => server::Role::All,
@@ -238,6 +244,7 @@ fn main() -> ExitCode {
             Command::Picker { .. } => server::Role::Picker,
             Command::Notification { .. } => server::Role::Notification,
             Command::Downloader { .. } => server::Role::Downloader,
+            Command::Transformer { .. } => server::Role::Transformer,
             _ => server::Role::Auth,
         };
         let result = fms_platform::Config::load(cli.config.as_deref(), std::env::vars())
@@ -567,6 +574,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         | Command::Picker { .. }
         | Command::Notification { .. }
         | Command::Downloader { .. }
+        | Command::Transformer { .. }
         | Command::Login { .. }
         | Command::Push { .. }
         | Command::Pull { .. } => {}

@@ -24,6 +24,8 @@ pub enum Role {
     Notification,
     /// The downloader alone: `fms downloader` (the picker found by address).
     Downloader,
+    /// The transformer alone: `fms transformer`.
+    Transformer,
 }
 
 impl Role {
@@ -39,9 +41,15 @@ impl Role {
     fn runs_downloader(self) -> bool {
         matches!(self, Role::All | Role::Downloader)
     }
+    fn runs_transformer(self) -> bool {
+        matches!(self, Role::All | Role::Transformer)
+    }
     fn has_grpc(self) -> bool {
         self.runs_permission()
-            || matches!(self, Role::Picker | Role::Notification | Role::Downloader)
+            || matches!(
+                self,
+                Role::Picker | Role::Notification | Role::Downloader | Role::Transformer
+            )
     }
 }
 
@@ -111,6 +119,7 @@ pub fn run(cfg: Config, role: Role) -> Result<(), String> {
         Role::Picker => "fms-picker",
         Role::Notification => "fms-notification",
         Role::Downloader => "fms-downloader",
+        Role::Transformer => "fms-transformer",
     };
     fms_platform::logging::init(service_name, &cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -198,6 +207,14 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
         }
         let d = fms_downloader::start(&cfg, &cfg.downloader.picker_url)?;
         grpc_services = grpc_services.with(fms_downloader::Service::server(d));
+    }
+    if role.runs_transformer() {
+        let t = &cfg.transformer;
+        let svc = fms_transformer::service::Service::new(
+            fms_transformer::image_ops::Limits::from_config(t),
+            t.concurrency as usize,
+        );
+        grpc_services = grpc_services.with(svc.server());
     }
     if role == Role::Picker {
         let (authenticator, authz) = remote_dependencies(&cfg, shared.clone()).await?;

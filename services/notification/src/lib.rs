@@ -421,24 +421,20 @@ impl Notifier {
             .collect()
     }
 
-    /// The oldest number still kept for `user` and the last number given.
+    /// The oldest number still kept for `user` and the last number given — read in one
+    /// statement (one snapshot): an event stored between two separate reads would look like
+    /// a trimmed history.
     pub(crate) async fn bounds(&self, user: &str) -> Result<(Option<u64>, u64), String> {
-        let first: Option<i64> =
-            sqlx::query("SELECT MIN(seq) FROM notification_events WHERE user_id = $1")
-                .bind(user)
-                .fetch_one(&self.db.pool)
-                .await
-                .and_then(|r| r.try_get::<Option<i64>, _>(0))
-                .map_err(|e| e.to_string())?;
-        let last: Option<i64> =
-            sqlx::query("SELECT last FROM notification_seqs WHERE user_id = $1")
-                .bind(user)
-                .fetch_optional(&self.db.pool)
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|r| r.try_get::<i64, _>(0))
-                .transpose()
-                .map_err(|e| e.to_string())?;
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(seq) FROM notification_events WHERE user_id = $1),
+                    (SELECT last FROM notification_seqs WHERE user_id = $1)",
+        )
+        .bind(user)
+        .fetch_one(&self.db.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+        let first: Option<i64> = row.try_get(0).map_err(|e| e.to_string())?;
+        let last: Option<i64> = row.try_get(1).map_err(|e| e.to_string())?;
         Ok((first.map(|f| f as u64), last.map(|l| l as u64).unwrap_or(0)))
     }
 

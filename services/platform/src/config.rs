@@ -44,6 +44,8 @@ pub struct Config {
     pub downloader: DownloaderConfig,
     /// Connected cloud accounts (OAuth 2.0 for Google Drive and Dropbox), kept by the picker.
     pub connect: ConnectConfig,
+    /// The transformer: image transforms.
+    pub transformer: TransformerConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,32 @@ impl Default for Config {
             notification: NotificationConfig::default(),
             downloader: DownloaderConfig::default(),
             connect: ConnectConfig::default(),
+            transformer: TransformerConfig::default(),
+        }
+    }
+}
+
+/// Transformer settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformerConfig {
+    /// Largest source accepted (images are decoded whole).
+    pub max_input: ByteSize,
+    /// Largest width x height, checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Largest width or height.
+    pub max_side: u32,
+    /// Transforms at once in this process (0: one per core); more are refused at once.
+    pub concurrency: u32,
+}
+
+impl Default for TransformerConfig {
+    fn default() -> Self {
+        TransformerConfig {
+            max_input: ByteSize(64 << 20),
+            max_pixels: 50_000_000,
+            max_side: 30_000,
+            concurrency: 0,
         }
     }
 }

@@ -21,6 +21,16 @@ pub struct Limits {
     pub max_side: u32,
 }
 
+impl Limits {
+    pub fn from_config(c: &fms_platform::config::TransformerConfig) -> Limits {
+        Limits {
+            max_input_bytes: c.max_input.0,
+            max_pixels: c.max_pixels,
+            max_side: c.max_side,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

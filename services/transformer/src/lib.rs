@@ -6,8 +6,12 @@
 //! EXIF orientation, resize with `fast_image_resize`, crop, rotate, flip/flop, blur,
 //! sharpen, grayscale, encode to JPEG / PNG / lossless WebP).
 //!
-//! Not yet: the gRPC service, the picker's jobs and on-the-fly reads, the result cache, OCR,
-//! streaming compress/decompress/archive (issue 8 continues).
+//! The gRPC service ([`service`]): `TransformFile` takes the transform in the compact form,
+//! bounded input, work on blocking threads at most one per core (more: refused at once).
+//!
+//! Not yet: the picker's jobs (`POST /api/transform/{id}`) and on-the-fly reads, the result
+//! cache, OCR, streaming compress/decompress/archive (issue 8 continues).
 
 pub mod image_ops;
 pub mod ops;
+pub mod service;
