@@ -186,6 +186,45 @@ impl std::fmt::Debug for Http {
     }
 }
 
+/// The retry budget of one fetch: exponential backoff from 200 ms to 10 s, or what the
+/// source asked for (`Retry-After`, at most a minute), never past the deadline.
+struct Retries {
+    failures: u32,
+    backoff: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            failures: 0,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Retries {
+    /// After the transient failure `why`: how long to wait before the next try, or the
+    /// error that ends the fetch.
+    fn next(
+        &mut self,
+        why: String,
+        after: Option<Duration>,
+        limits: &Limits,
+    ) -> Result<Duration, FetchError> {
+        self.failures += 1;
+        if self.failures > limits.retries {
+            return Err(FetchError::Unavailable(why));
+        }
+        let wait = after.unwrap_or(self.backoff).min(MAX_RETRY_AFTER);
+        if Instant::now() + wait >= limits.deadline {
+            return Err(FetchError::Timeout);
+        }
+        metrics::counter!("downloader_retries_total").increment(1);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(10));
+        Ok(wait)
+    }
+}
+
 /// A failure worth another try, and how long the source asked us to wait.
 struct Transient(String, Option<Duration>);
 
@@ -319,8 +358,7 @@ impl Http {
         plan: &Plan,
         limits: &Limits,
     ) -> Result<serde_json::Value, FetchError> {
-        let mut failures = 0u32;
-        let mut backoff = Duration::from_millis(200);
+        let mut retries = Retries::default();
         loop {
             let (why, after) = match self.send(plan, limits, 0, None).await {
                 Err(Failure::Fatal(e)) => return Err(e),
@@ -373,16 +411,8 @@ impl Http {
                     s => return Err(FetchError::Source(s.as_u16(), source_says(s))),
                 },
             };
-            failures += 1;
-            if failures > limits.retries {
-                return Err(FetchError::Unavailable(why));
-            }
-            let wait = after.unwrap_or(backoff).min(MAX_RETRY_AFTER);
-            if Instant::now() + wait >= limits.deadline {
-                return Err(FetchError::Timeout);
-            }
+            let wait = retries.next(why, after, limits)?;
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
@@ -399,8 +429,7 @@ impl Http {
         let mut total = plan.size;
         let mut validator: Option<String> = None;
         let mut opened = false;
-        let mut failures = 0u32;
-        let mut backoff = Duration::from_millis(200);
+        let mut retries = Retries::default();
         loop {
             if Instant::now() >= limits.deadline {
                 return Err(FetchError::Timeout);
@@ -424,21 +453,11 @@ impl Http {
             };
             if got > before {
                 // Progress: the source is alive, the retry budget starts again.
-                failures = 0;
-                backoff = Duration::from_millis(200);
+                retries = Retries::default();
             }
-            failures += 1;
-            if failures > limits.retries {
-                return Err(FetchError::Unavailable(why));
-            }
-            metrics::counter!("downloader_retries_total").increment(1);
-            let wait = after.unwrap_or(backoff).min(MAX_RETRY_AFTER);
-            if Instant::now() + wait >= limits.deadline {
-                return Err(FetchError::Timeout);
-            }
-            tracing::info!(error = %why, bytes = got, wait_ms = wait.as_millis() as u64, "source failed; retrying");
+            tracing::info!(error = %why, bytes = got, "source failed");
+            let wait = retries.next(why, after, limits)?;
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

@@ -665,19 +665,18 @@ async fn start_import(c: &reqwest::Client, url: &str, token: &str, body: Value) 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET address` as `token`: (status, JSON body or null).
+async fn get_json(c: &reqwest::Client, address: String, token: &str) -> (u16, Value) {
+    let r = c.get(address).bearer_auth(token).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
 /// Wait until the job leaves `running`.
 async fn finished(c: &reqwest::Client, url: &str, token: &str, id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let j: Value = c
-            .get(format!("{url}/api/jobs/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, j) = get_json(c, format!("{url}/api/jobs/{id}"), token).await;
         if j["state"] != "running" && j["state"] != "queued" {
             return j;
         }
@@ -694,26 +693,11 @@ async fn import(c: &reqwest::Client, url: &str, token: &str, body: Value) -> Val
 }
 
 async fn file(c: &reqwest::Client, url: &str, token: &str, id: &str) -> Value {
-    c.get(format!("{url}/api/files/{id}"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get_json(c, format!("{url}/api/files/{id}"), token).await.1
 }
 
 async fn file_count(c: &reqwest::Client, url: &str, token: &str) -> usize {
-    let v: Value = c
-        .get(format!("{url}/api/files"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = get_json(c, format!("{url}/api/files"), token).await;
     v["items"].as_array().unwrap().len()
 }
 
@@ -1220,14 +1204,7 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
     }
     let (server, c, url) = serve_for_imports(&env);
     let token = new_user(&c, &url).await;
-    let get = |path: String| {
-        let (c, token) = (c.clone(), token.clone());
-        async move {
-            let r = c.get(path).bearer_auth(&token).send().await.unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap_or(Value::Null))
-        }
-    };
+    let get = |path: String| get_json(&c, path, &token);
     let (s, v) = get(format!("{url}/api/connect")).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -1293,15 +1270,7 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
     );
     let (_, _, callback) = start("google_drive", attacker.clone()).await;
     assert_eq!(finish(callback, None).await, 400);
-    let v: Value = c
-        .get(format!("{url}/api/connect"))
-        .bearer_auth(&attacker)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = get_json(&c, format!("{url}/api/connect"), &attacker).await;
     assert_eq!(v["accounts"], json!([]), "nothing linked to the attacker");
     let (cookie, authorize, callback) = start("google_drive", token.clone()).await;
     assert!(authorize.starts_with(&format!("{base}/oauth/authorize?")));
@@ -1384,13 +1353,13 @@ async fn connected_accounts_authorize_refresh_browse_and_import() {
         .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(get(format!("{url}/api/connect/onedrive")).await.0, 404);
-    let r = c
-        .get(format!("{url}/api/connect/google_drive/list"))
-        .bearer_auth(&attacker)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400, "another user has no account here");
+    let (s, _) = get_json(
+        &c,
+        format!("{url}/api/connect/google_drive/list"),
+        &attacker,
+    )
+    .await;
+    assert_eq!(s, 400, "another user has no account here");
     let del = |p: &'static str| {
         let (c, url, token) = (c.clone(), url.clone(), token.clone());
         async move {

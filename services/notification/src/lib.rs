@@ -144,10 +144,7 @@ impl std::fmt::Display for PublishError {
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339 (the platform's format).
-fn rfc3339(ms: i64) -> String {
-    fms_platform::logging::rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
-}
+use fms_platform::logging::rfc3339_ms as rfc3339;
 
 fn row_event(r: &sqlx::any::AnyRow) -> Result<Delivered, sqlx::Error> {
     let data: String = r.try_get(6)?;

@@ -377,7 +377,7 @@ pub(crate) async fn accounts(
         .iter()
         .map(|r| {
             json!({"provider": r.try_get::<String, _>(0).unwrap_or_default(),
-                   "updated_at": crate::jobs::time(r.try_get::<i64, _>(1).unwrap_or(0))})
+                   "updated_at": fms_platform::logging::rfc3339_ms(r.try_get::<i64, _>(1).unwrap_or(0))})
         })
         .collect();
     let offered: Vec<&str> = ["google_drive", "dropbox"]

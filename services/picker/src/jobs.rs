@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use fms_auth::verify::Authenticated;
 use fms_platform::error::ApiJson;
+use fms_platform::logging::rfc3339_ms;
 
 use crate::Picker;
 use crate::api::{db_error, now_ms};
@@ -128,8 +129,8 @@ fn job_json(j: &JobRow) -> Value {
         "source": serde_json::from_str::<Value>(&j.source).unwrap_or(Value::Null),
         "bytes_received": j.bytes,
         "total_bytes": if j.total >= 0 { json!(j.total) } else { Value::Null },
-        "created_at": time(j.created_at),
-        "updated_at": time(j.updated_at),
+        "created_at": rfc3339_ms(j.created_at),
+        "updated_at": rfc3339_ms(j.updated_at),
     });
     if !j.file_id.is_empty() {
         v["file_id"] = json!(j.file_id);
@@ -138,10 +139,6 @@ fn job_json(j: &JobRow) -> Value {
         v["error"] = json!({"code": code, "message": message});
     }
     v
-}
-
-pub(crate) fn time(ms: i64) -> String {
-    fms_platform::logging::rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
 }
 
 const COLUMNS: &str = "id, owner_id, kind, state, source, bytes, total, file_id, error_code, \

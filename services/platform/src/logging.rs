@@ -139,6 +139,11 @@ pub fn rfc3339_now() -> String {
     rfc3339(d.as_secs() as i64, d.subsec_millis())
 }
 
+/// Milliseconds since the epoch as RFC 3339 in UTC with milliseconds.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(ms.div_euclid(1000), ms.rem_euclid(1000) as u32)
+}
+
 /// `secs` since the epoch as RFC 3339 in UTC with milliseconds.
 pub fn rfc3339(secs: i64, millis: u32) -> String {
     let days = secs.div_euclid(86_400);
