@@ -11,7 +11,9 @@ cargo build --quiet -p fms-bench -p fms
 # permission ...` the permission service, `scripts/bench.sh picker ...` HTTP uploads and
 # downloads, `scripts/bench.sh tus [--rustus PATH] ...` resumable uploads (tus, gRPC) against
 # rustus, `scripts/bench.sh import [--size-mib N] [--runs N]` imports from a loopback HTTP
-# server against curl of the same URL (needs curl); anything else is the engine benchmark.
+# server against curl of the same URL (needs curl), `scripts/bench.sh transform [--images N]
+# [--pages N]` thumbnails against vipsthumbnail and OCR against the tesseract command;
+# anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
     shift
@@ -39,6 +41,16 @@ if [ "${1:-}" = ws ]; then
     shift
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     exec "$CARGO_TARGET_DIR/debug/fms-bench-ws" "$@"
+fi
+if [ "${1:-}" = transform ]; then
+    # Baselines: libvips' vipsthumbnail and the tesseract command; a font for the OCR page.
+    shift
+    command -v vipsthumbnail >/dev/null || fms_apt_install libvips-tools
+    command -v tesseract >/dev/null || fms_apt_install tesseract-ocr
+    [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || fms_apt_install fonts-dejavu-core
+    # As `fms` sets it: one OpenMP thread per tesseract page (jobs run one per core).
+    export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-1}"
+    exec "$CARGO_TARGET_DIR/debug/fms-bench-transform" "$@"
 fi
 if [ "${1:-}" = auth ]; then
     shift

@@ -27,6 +27,10 @@ fms_need_packages() {
     # https for imports (reqwest's native-tls: OpenSSL, found through pkg-config).
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+    # OCR: tesseract and leptonica (headers and libraries for leptess; English data).
+    [ -e /usr/include/tesseract/capi.h ] || missing+=(libtesseract-dev)
+    [ -e /usr/include/leptonica/allheaders.h ] || missing+=(libleptonica-dev)
+    compgen -G '/usr/share/tesseract-ocr/*/tessdata/eng.traineddata' >/dev/null || missing+=(tesseract-ocr-eng)
     if [ "${#missing[@]}" -gt 0 ]; then
         fms_apt_install "${missing[@]}"
     fi

@@ -15,6 +15,9 @@ fms_install_test_clients() {
         python3 -m venv "$dir/venv"
         "$dir/venv/bin/pip" install --quiet --disable-pip-version-check tuspy==1.1.0
     fi
+    # A font to render text for the OCR tests.
+    [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || fms_apt_install fonts-dejavu-core
+    export FMS_TEST_FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
     export FMS_TEST_NODE_PATH="$dir/node_modules"
     export FMS_TEST_PYTHON="$dir/venv/bin/python"
 }

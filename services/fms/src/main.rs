@@ -229,6 +229,17 @@ fn io_fail(what: &str, e: io::Error) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Tesseract (OCR) parallelises each page with OpenMP across every core by default; the
+    // transformer already runs one transform per core, so more threads per page only fight
+    // over the same cores. An operator's own setting is kept.
+    if std::env::var_os("OMP_THREAD_LIMIT").is_none() {
+        // SAFETY: nothing else runs yet — no thread has been started, nothing reads the
+        // environment concurrently.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("OMP_THREAD_LIMIT", "1");
+        }
+    }
     let cli = Cli::parse();
     if let Command::Serve { listen }
     | Command::Auth { listen }

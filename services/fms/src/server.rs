@@ -147,6 +147,7 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
             for url in [
                 &mut cfg.picker.notification_url,
                 &mut cfg.picker.downloader_url,
+                &mut cfg.picker.transformer_url,
                 &mut cfg.downloader.picker_url,
             ] {
                 if url.is_empty() {
@@ -210,9 +211,9 @@ async fn serve(mut cfg: Config, role: Role, name: &'static str) -> Result<(), St
     }
     if role.runs_transformer() {
         let t = &cfg.transformer;
-        let svc = fms_transformer::service::Service::new(
+        let svc = fms_transformer::service::Service::from_config(
+            t,
             fms_transformer::image_ops::Limits::from_config(t),
-            t.concurrency as usize,
         );
         grpc_services = grpc_services.with(svc.server());
     }

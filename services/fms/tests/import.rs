@@ -665,13 +665,6 @@ async fn start_import(c: &reqwest::Client, url: &str, token: &str, body: Value) 
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// `GET address` as `token`: (status, JSON body or null).
-async fn get_json(c: &reqwest::Client, address: String, token: &str) -> (u16, Value) {
-    let r = c.get(address).bearer_auth(token).send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// Wait until the job leaves `running`.
 async fn finished(c: &reqwest::Client, url: &str, token: &str, id: &str) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);

@@ -44,7 +44,7 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         .route("/api/files/share", post(share))
         .route("/api/files", get(list))
         .route("/api/files/download", post(crate::jobs::start_import))
-        .route("/api/transform/{id}", post(not_yet_transform))
+        .route("/api/transform/{id}", post(crate::transform::start))
         .route("/api/jobs/{id}", get(crate::jobs::job))
         .route("/api/connect", get(crate::connect::accounts))
         .route(
@@ -241,7 +241,7 @@ fn rights_json(r: Rights) -> Value {
 }
 
 pub(crate) fn file_json(f: &FileRow, rights: Rights) -> Value {
-    json!({
+    let mut v = json!({
         "id": f.id,
         "name": f.name,
         "folder": f.folder,
@@ -254,7 +254,11 @@ pub(crate) fn file_json(f: &FileRow, rights: Rights) -> Value {
         "rights": rights_json(rights),
         "created_at": rfc3339(f.created_at / 1000, (f.created_at % 1000) as u32),
         "updated_at": rfc3339(f.updated_at / 1000, (f.updated_at % 1000) as u32),
-    })
+    });
+    if !f.derived_from.is_empty() {
+        v["derived_from"] = json!({"file_id": f.derived_from, "transform": f.transform});
+    }
+    v
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -407,7 +411,7 @@ where
     commit_stored(
         p,
         user,
-        (name, String::new()),
+        (name, String::new()).into(),
         info,
         hash,
         &head,
@@ -417,15 +421,38 @@ where
     .await
 }
 
+/// What a new file is called and where it comes from.
+#[derive(Debug, Default)]
+pub(crate) struct NewFile {
+    pub(crate) name: String,
+    pub(crate) folder: String,
+    /// Its media type when known (a transform's result); else sniffed from its first bytes.
+    pub(crate) content_type: Option<String>,
+    /// For a transform's result: the source file's id and the transform.
+    pub(crate) derived_from: String,
+    pub(crate) transform: String,
+}
+
+impl From<(String, String)> for NewFile {
+    fn from((name, folder): (String, String)) -> NewFile {
+        NewFile {
+            name,
+            folder,
+            ..NewFile::default()
+        }
+    }
+}
+
 /// Make a file the engine holds `user`'s: quota checked under the user's commit lock, the
-/// metadata row, the owner grant (each undone if a later step fails), the event. `timing`
-/// (the upload's clock, if it was one request) holds a deduplicated upload to the time new
-/// content would have taken.
+/// metadata row, the owner grant (each undone if a later step fails), the event
+/// (`file.uploaded`; a transform's result is announced by its job). `timing` (the upload's
+/// clock, if it was one request) holds a deduplicated upload to the time new content would
+/// have taken.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn commit_stored(
     p: &Picker,
     user: &str,
-    (name, folder): (String, String),
+    new: NewFile,
     info: fms_engine::FileInfo,
     hash: String,
     head: &[u8],
@@ -451,14 +478,16 @@ pub(crate) async fn commit_stored(
     let row = FileRow {
         id: uuid::Uuid::now_v7().to_string(),
         owner_id: user.to_string(),
-        name,
+        name: new.name,
         size: info.meta.size,
-        content_type: sniff(head),
+        content_type: new.content_type.unwrap_or_else(|| sniff(head)),
         content_hash: hash,
         engine_id: info.id.to_string(),
         created_at: now,
         updated_at: now,
-        folder,
+        folder: new.folder,
+        derived_from: new.derived_from,
+        transform: new.transform,
     };
     // The quota again, against what is committed now (other uploads of this user may have
     // finished meanwhile), under the user's commit lock: concurrent uploads cannot together
@@ -490,13 +519,15 @@ pub(crate) async fn commit_stored(
     }
     crate::failpoint::hit("picker.after_owner");
     budget.used += row.size;
-    p.events.publish_content(
-        "file.uploaded",
-        vec![user.to_string()],
-        &row.id,
-        json!({"file_id": row.id, "name": row.name, "size": row.size,
-               "content_type": row.content_type}),
-    );
+    if row.derived_from.is_empty() {
+        p.events.publish_content(
+            "file.uploaded",
+            vec![user.to_string()],
+            &row.id,
+            json!({"file_id": row.id, "name": row.name, "size": row.size,
+                   "content_type": row.content_type}),
+        );
+    }
     metrics::counter!("picker_uploads_total").increment(1);
     metrics::counter!("picker_upload_bytes_total").increment(row.size);
     Ok(Stored {
@@ -692,22 +723,65 @@ pub(crate) async fn file_meta(
         ("id" = String, Path, description = "File id"),
         ("Range" = Option<String>, Header, description = "One range: bytes=a-b, a- or -n"),
         ("If-None-Match" = Option<String>, Header, description = "ETag; 304 when it matches"),
-        ("If-Range" = Option<String>, Header, description = "ETag; the range only if it matches")),
+        ("If-Range" = Option<String>, Header, description = "ETag; the range only if it matches"),
+        ("transform" = Option<String>, Query, description = "A transform in the compact form (docs/api/transform.md): the result is served, made once and cached")),
     responses(
         (status = 200, description = "The whole file (also for HEAD, without a body)", content_type = "application/octet-stream"),
         (status = 206, description = "The range, with Content-Range", content_type = "application/octet-stream"),
         (status = 304, description = "Not modified"),
         (status = 404, description = "No such file, or you may not read it", body = crate::openapi::ErrorBody),
         (status = 416, description = "Outside the file; Content-Range: bytes */size", body = crate::openapi::ErrorBody),
+        (status = 400, description = "invalid_transform", body = crate::openapi::ErrorBody),
+        (status = 413, description = "too_large: the source is over the transformer's input limit, or the image over its pixel limits", body = crate::openapi::ErrorBody),
+        (status = 422, description = "transform_failed: the source is not something the transform reads (unsupported or damaged)", body = crate::openapi::ErrorBody),
+        (status = 429, description = "busy: the transformer is at capacity; retry after Retry-After", body = crate::openapi::ErrorBody),
         (status = 401, description = "No valid token", body = crate::openapi::ErrorBody), (status = 503, description = "A dependency is unavailable; retry", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn content(
     State(p): Svc,
     Authenticated(claims): Authenticated,
     Path(id): Path<String>,
+    Query(q): Query<ContentQuery>,
     method: Method,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let row = authorized(&p, &claims.sub, &id, Right::Read).await?;
+    let served = match &q.transform {
+        None => Served {
+            engine_id: row.engine_file().map_err(ApiError::internal)?,
+            size: row.size,
+            content_type: row.content_type.clone(),
+            content_hash: row.content_hash.clone(),
+            name: row.name.clone(),
+        },
+        Some(t) => crate::transform::on_the_fly(&p, &row, t).await?,
+    };
+    serve(&p, served, &method, &headers)
+}
+
+/// `GET /api/files/:id/content` query.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ContentQuery {
+    /// A transform in the compact form: the result is served instead of the file.
+    transform: Option<String>,
+}
+
+/// Bytes to serve: a file's, or a cached transform result's.
+#[derive(Debug)]
+pub(crate) struct Served {
+    pub(crate) engine_id: fms_engine::FileId,
+    pub(crate) size: u64,
+    pub(crate) content_type: String,
+    pub(crate) content_hash: String,
+    pub(crate) name: String,
+}
+
+/// Answer a GET or HEAD for `row`'s bytes: conditional requests, one range.
+fn serve(
+    p: &Picker,
+    row: Served,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let etag = format!("\"{}\"", row.content_hash);
     let etag_value = HeaderValue::from_str(&etag).map_err(ApiError::internal)?;
     let if_none_match = headers
@@ -764,9 +838,11 @@ pub(crate) async fn content(
     let body = if method == Method::HEAD || start == end {
         Body::empty()
     } else {
-        let engine_id = row.engine_file().map_err(ApiError::internal)?;
         metrics::counter!("picker_download_bytes_total").increment(end - start);
-        Body::from_stream(p.engine.read(engine_id, start, end, p.cfg.idle_timeout.0))
+        Body::from_stream(
+            p.engine
+                .read(row.engine_id, start, end, p.cfg.idle_timeout.0),
+        )
     };
     builder.body(body).map_err(ApiError::internal)
 }
@@ -1236,17 +1312,6 @@ pub(crate) async fn share(
         "rights": rights_json(wanted),
         "revision": revision,
     })))
-}
-
-#[utoipa::path(post, path = "/api/transform/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "File id")),
-    responses((status = 501, description = "Transforms arrive with the transformer service", body = crate::openapi::ErrorBody)))]
-pub(crate) async fn not_yet_transform() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "transforms are not available yet (they arrive with the transformer service)",
-    )
 }
 
 #[cfg(test)]

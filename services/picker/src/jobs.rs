@@ -33,7 +33,7 @@ use crate::api::{db_error, now_ms};
 /// A running job untouched for this long has lost its picker.
 const STALE_MS: i64 = 60_000;
 /// How often a waiting job's row is touched.
-const TOUCH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const TOUCH_EVERY: Duration = Duration::from_secs(5);
 /// `import.progress` events, at most this often per job.
 const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(2);
 
@@ -99,28 +99,28 @@ pub struct ImportBody {
 
 /// One job as stored.
 #[derive(Debug, Clone)]
-struct JobRow {
-    id: String,
-    owner_id: String,
-    kind: String,
-    state: String,
-    source: String,
-    bytes: i64,
-    total: i64,
-    file_id: String,
-    error_code: String,
-    error_message: String,
-    created_at: i64,
-    updated_at: i64,
+pub(crate) struct JobRow {
+    pub(crate) id: String,
+    pub(crate) owner_id: String,
+    pub(crate) kind: String,
+    pub(crate) state: String,
+    pub(crate) source: String,
+    pub(crate) bytes: i64,
+    pub(crate) total: i64,
+    pub(crate) file_id: String,
+    pub(crate) error_code: String,
+    pub(crate) error_message: String,
+    pub(crate) created_at: i64,
+    pub(crate) updated_at: i64,
 }
 
-fn job_json(j: &JobRow) -> Value {
+pub(crate) fn job_json(j: &JobRow) -> Value {
     let mut state = j.state.as_str();
     let (mut code, mut message) = (j.error_code.as_str(), j.error_message.as_str());
     if (state == "running" || state == "queued") && now_ms() - j.updated_at > STALE_MS {
         state = "failed";
         code = "interrupted";
-        message = "the import was interrupted (the picker restarted); start it again";
+        message = "the job was interrupted (the picker restarted); start it again";
     }
     let mut v = json!({
         "id": j.id,
@@ -172,7 +172,7 @@ async fn get(p: &Picker, id: &str) -> Result<Option<JobRow>, sqlx::Error> {
     .transpose()
 }
 
-async fn insert(p: &Picker, j: &JobRow) -> Result<(), sqlx::Error> {
+pub(crate) async fn insert(p: &Picker, j: &JobRow) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO jobs (id, owner_id, kind, state, source, bytes, total, file_id,
              error_code, error_message, created_at, updated_at)
@@ -196,7 +196,7 @@ async fn insert(p: &Picker, j: &JobRow) -> Result<(), sqlx::Error> {
 }
 
 /// Record progress (or just that the job is alive).
-async fn touch(p: &Picker, id: &str, bytes: i64, total: i64) -> Result<(), sqlx::Error> {
+pub(crate) async fn touch(p: &Picker, id: &str, bytes: i64, total: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE jobs SET bytes = $1, total = $2, updated_at = $3 WHERE id = $4")
         .bind(bytes)
         .bind(total)
@@ -207,7 +207,7 @@ async fn touch(p: &Picker, id: &str, bytes: i64, total: i64) -> Result<(), sqlx:
     Ok(())
 }
 
-async fn finish(
+pub(crate) async fn finish(
     p: &Picker,
     id: &str,
     state: &str,
@@ -227,6 +227,31 @@ async fn finish(
     .execute(&p.meta.db().pool)
     .await?;
     Ok(())
+}
+
+/// Set a job's state (`queued` while it waits for capacity, `running` again).
+pub(crate) async fn set_state(p: &Picker, id: &str, state: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE jobs SET state = $1, updated_at = $2 WHERE id = $3")
+        .bind(state)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&p.meta.db().pool)
+        .await?;
+    Ok(())
+}
+
+/// How many of `user`'s jobs of `kind` are queued or running (and alive).
+pub(crate) async fn active(p: &Picker, user: &str, kind: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query(
+        "SELECT COUNT(*) FROM jobs WHERE owner_id = $1 AND kind = $2
+         AND state IN ('queued', 'running') AND updated_at > $3",
+    )
+    .bind(user)
+    .bind(kind)
+    .bind(now_ms() - STALE_MS)
+    .fetch_one(&p.meta.db().pool)
+    .await?
+    .try_get(0)
 }
 
 /// What a user is told for a downloader status: (HTTP status, code).

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod jobs;
 pub mod meta;
 pub mod openapi;
+pub mod transform;
 pub mod tus;
 
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Picker {
     pub events: events::Publisher,
     /// The downloader (imports); `None`: imports answer 503.
     pub downloader: Option<jobs::Downloader>,
+    /// The transformer and the transforms in flight.
+    pub transforms: transform::Transforms,
     /// Connected cloud accounts.
     pub connect: connect::Connect,
     /// Background GC passes completed (for tests and metrics).
@@ -169,6 +172,11 @@ pub async fn start_with_gc(
                 {
                     tracing::warn!(error = %e, "forgetting old jobs failed");
                 }
+                if let Some(p) = this.upgrade()
+                    && let Err(e) = transform::evict(&p, p.cfg.transform_cache_max.0).await
+                {
+                    tracing::warn!(error = %e, "transform cache eviction failed");
+                }
                 let store = engine.store().clone();
                 match tokio::task::spawn_blocking(move || store.gc()).await {
                     Ok(Ok(r)) => {
@@ -227,6 +235,7 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         cfg: cfg.picker.clone(),
         events,
         downloader,
+        transforms: transform::Transforms::new(&cfg.picker.transformer_url)?,
         gc_runs: 0.into(),
         grpc_bytes_received: std::sync::atomic::AtomicU64::new(0),
         commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

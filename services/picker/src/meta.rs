@@ -29,6 +29,10 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         sql: include_str!("../migrations/0006_connect.sql"),
     },
+    Migration {
+        version: 7,
+        sql: include_str!("../migrations/0007_transforms.sql"),
+    },
 ];
 
 /// A resumable upload (tus).
@@ -87,6 +91,10 @@ pub struct FileRow {
     pub updated_at: i64,
     /// Relative path of names it was uploaded under ('' = the top); see `api::check_folder`.
     pub folder: String,
+    /// For a transform's result: the source file's id ('' otherwise).
+    pub derived_from: String,
+    /// For a transform's result: `v<version>:<canonical transform>` ('' otherwise).
+    pub transform: String,
 }
 
 impl FileRow {
@@ -99,7 +107,7 @@ impl FileRow {
 }
 
 const COLUMNS: &str = "id, owner_id, name, size, content_type, content_hash, engine_id, created_at, updated_at, \
-     folder";
+     folder, derived_from, transform";
 
 fn row(r: sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
     Ok(FileRow {
@@ -113,6 +121,8 @@ fn row(r: sqlx::any::AnyRow) -> Result<FileRow, sqlx::Error> {
         created_at: r.try_get(7)?,
         updated_at: r.try_get(8)?,
         folder: r.try_get(9)?,
+        derived_from: r.try_get(10)?,
+        transform: r.try_get(11)?,
     })
 }
 
@@ -135,7 +145,8 @@ impl Meta {
     pub async fn insert(&self, f: &FileRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO files (id, owner_id, name, size, content_type, content_hash, engine_id,
-                 created_at, updated_at, folder) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                 created_at, updated_at, folder, derived_from, transform)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&f.id)
         .bind(&f.owner_id)
@@ -147,6 +158,8 @@ impl Meta {
         .bind(f.created_at)
         .bind(f.updated_at)
         .bind(&f.folder)
+        .bind(&f.derived_from)
+        .bind(&f.transform)
         .execute(&self.db.pool)
         .await?;
         Ok(())
@@ -275,7 +288,8 @@ impl Meta {
     pub async fn engine_ids(&self) -> Result<std::collections::HashSet<String>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT engine_id FROM files UNION \
-             SELECT part_engine_id FROM uploads WHERE part_engine_id IS NOT NULL",
+             SELECT part_engine_id FROM uploads WHERE part_engine_id IS NOT NULL UNION \
+             SELECT engine_id FROM transform_cache",
         )
         .fetch_all(&self.db.pool)
         .await?;

@@ -548,7 +548,7 @@ async fn create_final(
     let stored = commit_stored(
         p,
         user,
-        (name.clone(), folder),
+        (name.clone(), folder).into(),
         info,
         hash,
         &head,
@@ -949,7 +949,8 @@ pub(crate) async fn complete(
         (
             row.name.clone(),
             folder_of(&row.metadata).unwrap_or_default(),
-        ),
+        )
+            .into(),
         info,
         hash,
         &head,

@@ -1861,6 +1861,8 @@ async fn reconciliation_removes_what_crashes_leave_behind() {
         created_at: 0,
         updated_at: 0,
         folder: String::new(),
+        derived_from: String::new(),
+        transform: String::new(),
     };
     s.picker.meta.insert(&row).await.unwrap();
     // A grace longer than any of them: nothing happens (uploads in flight are safe).

@@ -81,6 +81,16 @@ pub struct TransformerConfig {
     pub max_side: u32,
     /// Transforms at once in this process (0: one per core); more are refused at once.
     pub concurrency: u32,
+    /// Longest an image or OCR transform may compute (the call fails then; its thread
+    /// finishes in the background, holding its slot).
+    pub timeout: Duration,
+    /// Most bytes one `decompress` may produce.
+    pub max_output: ByteSize,
+    /// Most bytes one `decompress` may produce per compressed byte read (counted from 64 KiB):
+    /// stops decompression bombs early.
+    pub max_ratio: u64,
+    /// Directory of tesseract's `.traineddata` files (empty: tesseract's default).
+    pub tessdata: String,
 }
 
 impl Default for TransformerConfig {
@@ -90,6 +100,10 @@ impl Default for TransformerConfig {
             max_pixels: 50_000_000,
             max_side: 30_000,
             concurrency: 0,
+            timeout: Duration(std::time::Duration::from_secs(60)),
+            max_output: ByteSize(5 << 30),
+            max_ratio: 1000,
+            tessdata: String::new(),
         }
     }
 }
@@ -260,6 +274,15 @@ pub struct PickerConfig {
     /// gRPC address of the downloader (`http://downloader:9090`) for imports; empty under
     /// `fms serve` (its own); empty elsewhere: imports answer 503.
     pub downloader_url: String,
+    /// gRPC address of the transformer (`http://transformer:9090`); empty under `fms serve`
+    /// (its own); empty elsewhere: transforms answer 503.
+    pub transformer_url: String,
+    /// Longest one transform may take (the call to the transformer), source read to result
+    /// stored.
+    pub transform_timeout: Duration,
+    /// Transform results kept for reuse, at most (least recently used dropped first; users'
+    /// result files are not part of it).
+    pub transform_cache_max: ByteSize,
 }
 
 impl Default for PickerConfig {
@@ -275,6 +298,9 @@ impl Default for PickerConfig {
             upload_expiry: Duration(std::time::Duration::from_secs(24 * 3600)),
             cors_origins: Vec::new(),
             downloader_url: String::new(),
+            transformer_url: String::new(),
+            transform_timeout: Duration(std::time::Duration::from_secs(120)),
+            transform_cache_max: ByteSize(10 << 30),
         }
     }
 }
@@ -645,6 +671,12 @@ impl Config {
                 "must be at least 1s (uploads in flight must never look like leftovers)".into(),
             ));
         }
+        if self.picker.transform_timeout.0 < std::time::Duration::from_secs(1) {
+            return Err(invalid(
+                "picker.transform_timeout",
+                "must be at least 1s".into(),
+            ));
+        }
         let idle = self.picker.idle_timeout.0;
         if idle < std::time::Duration::from_secs(1) || idle > std::time::Duration::from_secs(3600) {
             return Err(invalid(
@@ -656,6 +688,7 @@ impl Config {
             ("picker.permission_url", &self.picker.permission_url),
             ("picker.notification_url", &self.picker.notification_url),
             ("picker.downloader_url", &self.picker.downloader_url),
+            ("picker.transformer_url", &self.picker.transformer_url),
             ("downloader.picker_url", &self.downloader.picker_url),
             ("downloader.google_api_url", &self.downloader.google_api_url),
             (

@@ -96,8 +96,90 @@ pub fn probe(input: &[u8]) -> Result<(ImageFormat, u32, u32), ImageError> {
     Ok((format, w, h))
 }
 
-/// Run `t` on the encoded image `input`.
-pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output, ImageError> {
+/// A JPEG whose first step shrinks it by 2x or more, decoded already shrunk; `None`: decode
+/// it in full.
+fn decode_shrunk(
+    input: &[u8],
+    t: &Transform,
+    limits: &Limits,
+) -> Result<Option<(DynamicImage, ImageFormat)>, ImageError> {
+    if input.len() as u64 > limits.max_input_bytes {
+        return Ok(None);
+    }
+    let (format, w, h) = probe(input)?;
+    if format != ImageFormat::Jpeg
+        || w > limits.max_side
+        || h > limits.max_side
+        || u64::from(w) * u64::from(h) > limits.max_pixels
+    {
+        return Ok(None);
+    }
+    check_jpeg_complete(input)?;
+    // The orientation from the EXIF data (headers only), to plan in upright dimensions.
+    let orientation = ImageReader::new(Cursor::new(input))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?
+        .into_decoder()
+        .and_then(|mut d| d.orientation())
+        .map_err(decode_error)?;
+    use image::metadata::Orientation as O;
+    let upright = match orientation {
+        O::Rotate90 | O::Rotate270 | O::Rotate90FlipH | O::Rotate270FlipH => (h, w),
+        _ => (w, h),
+    };
+    let k = shrink_on_load(t, upright);
+    if k == 1 {
+        return Ok(None);
+    }
+    match decode_jpeg_scaled(input, (w, h), k, limits) {
+        None => Ok(None),
+        Some(r) => {
+            let mut img = r?;
+            img.apply_orientation(orientation);
+            Ok(Some((img, ImageFormat::Jpeg)))
+        }
+    }
+}
+
+/// A JPEG must reach its end marker: decoders fill a cut-short picture with grey and call it
+/// success, and a truncated upload must not become a "valid" half-grey result. The segments
+/// before the first scan are walked by their lengths (an EXIF thumbnail's own markers are
+/// skipped with its segment), then an end marker must follow the scan.
+fn check_jpeg_complete(input: &[u8]) -> Result<(), ImageError> {
+    let cut = || ImageError::Corrupt("the JPEG is cut short (no end marker)".into());
+    let mut i = 2;
+    loop {
+        // Markers may be preceded by fill bytes (0xFF).
+        while input.get(i) == Some(&0xff) && input.get(i + 1) == Some(&0xff) {
+            i += 1;
+        }
+        if input.get(i) != Some(&0xff) {
+            return Err(cut());
+        }
+        let marker = *input.get(i + 1).ok_or_else(cut)?;
+        if marker == 0xda {
+            break;
+        }
+        if matches!(marker, 0x01 | 0xd0..=0xd8) {
+            i += 2;
+            continue;
+        }
+        let len = match input.get(i + 2..i + 4) {
+            Some(&[a, b]) => usize::from(u16::from_be_bytes([a, b])),
+            _ => return Err(cut()),
+        };
+        i += 2 + len;
+    }
+    if input[i..].windows(2).any(|w| w == [0xff, 0xd9]) {
+        Ok(())
+    } else {
+        Err(cut())
+    }
+}
+
+/// Decode the encoded image `input` under `limits` (header checked first, EXIF orientation
+/// applied); also its format.
+pub fn decode(input: &[u8], limits: &Limits) -> Result<(DynamicImage, ImageFormat), ImageError> {
     if input.len() as u64 > limits.max_input_bytes {
         return Err(ImageError::TooLarge(format!(
             "{} bytes; at most {}",
@@ -113,6 +195,9 @@ pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output,
             limits.max_pixels, limits.max_side
         )));
     }
+    if source_format == ImageFormat::Jpeg {
+        check_jpeg_complete(input)?;
+    }
     let mut reader = ImageReader::new(Cursor::new(input))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
@@ -127,10 +212,83 @@ pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output,
             .saturating_add(64 << 20),
     );
     reader.limits(l);
+    metrics::counter!("transformer_decodes_total").increment(1);
     let mut decoder = reader.into_decoder().map_err(decode_error)?;
     let orientation = decoder.orientation().map_err(decode_error)?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     img.apply_orientation(orientation);
+    Ok((img, source_format))
+}
+
+/// The DCT scale (2, 4 or 8) a JPEG of `w` x `h` (as oriented) may be decoded at for `t`:
+/// when its first step is a resize to at most that fraction (libvips' shrink-on-load; the
+/// resize then works from a picture still at least as large as its target).
+fn shrink_on_load(t: &Transform, (w, h): (u32, u32)) -> u32 {
+    let Some(Op::Resize {
+        width,
+        height,
+        fit,
+        upscale,
+    }) = t.ops.first()
+    else {
+        return 1;
+    };
+    let ((tw, th), region) = plan((w, h), *width, *height, *fit, *upscale);
+    // `cover` scales the cropped region; the factor is the region's to the target.
+    let (rw, rh) = region.map_or((f64::from(w), f64::from(h)), |(_, _, rw, rh)| (rw, rh));
+    let factor = (rw / f64::from(tw)).min(rh / f64::from(th));
+    [8, 4, 2]
+        .into_iter()
+        .find(|k| factor >= f64::from(*k))
+        .unwrap_or(1)
+}
+
+/// Decode a JPEG with its DCT scaled by 1/`k`; `None` when that path does not apply (a
+/// pixel format it does not handle) — the caller decodes in full then.
+fn decode_jpeg_scaled(
+    input: &[u8],
+    (w, h): (u32, u32),
+    k: u32,
+    limits: &Limits,
+) -> Option<Result<DynamicImage, ImageError>> {
+    let mut d = jpeg_decoder::Decoder::new(Cursor::new(input));
+    d.set_max_decoding_buffer_size(usize::try_from(limits.max_pixels.saturating_mul(4)).ok()?);
+    let (rw, rh) = (
+        u16::try_from(w.div_ceil(k)).ok()?,
+        u16::try_from(h.div_ceil(k)).ok()?,
+    );
+    let (sw, sh) = match d.scale(rw, rh) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(ImageError::Corrupt(e.to_string()))),
+    };
+    let format = d.info()?.pixel_format;
+    if !matches!(
+        format,
+        jpeg_decoder::PixelFormat::L8 | jpeg_decoder::PixelFormat::RGB24
+    ) {
+        return None;
+    }
+    metrics::counter!("transformer_decodes_total").increment(1);
+    let pixels = match d.decode() {
+        Ok(p) => p,
+        Err(e) => return Some(Err(ImageError::Corrupt(e.to_string()))),
+    };
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    let img = match format {
+        jpeg_decoder::PixelFormat::L8 => {
+            image::GrayImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageLuma8)
+        }
+        _ => image::RgbImage::from_raw(sw, sh, pixels).map(DynamicImage::ImageRgb8),
+    };
+    Some(img.ok_or_else(|| ImageError::Corrupt("short JPEG data".into())))
+}
+
+/// Run `t` (an image transform) on the encoded image `input`.
+pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output, ImageError> {
+    let (mut img, source_format) = match decode_shrunk(input, t, limits)? {
+        Some(decoded) => decoded,
+        None => decode(input, limits)?,
+    };
     for op in &t.ops {
         img = apply(img, op)?;
     }
@@ -147,7 +305,8 @@ pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output,
     encode(img, format, quality)
 }
 
-fn apply(img: DynamicImage, op: &Op) -> Result<DynamicImage, ImageError> {
+/// One image step.
+pub fn apply(img: DynamicImage, op: &Op) -> Result<DynamicImage, ImageError> {
     Ok(match op {
         Op::Resize {
             width,
@@ -182,6 +341,11 @@ fn apply(img: DynamicImage, op: &Op) -> Result<DynamicImage, ImageError> {
         Op::Sharpen(sigma) => img.unsharpen(*sigma, 1),
         Op::Grayscale => img.grayscale(),
         Op::Output { .. } => img,
+        Op::Compress { .. } | Op::Decompress { .. } | Op::Ocr { .. } => {
+            return Err(ImageError::Invalid(
+                "not an image step (a stream or OCR transform)".into(),
+            ));
+        }
     })
 }
 
@@ -465,6 +629,29 @@ mod tests {
     }
 
     #[test]
+    fn cut_short_jpegs_are_damaged_not_grey() {
+        let mut whole = Vec::new();
+        DynamicImage::ImageRgb8(sample())
+            .write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(
+                &mut whole, 90,
+            ))
+            .unwrap();
+        assert!(check_jpeg_complete(&whole).is_ok());
+        let mut trailing = whole.clone();
+        trailing.extend_from_slice(b"camera junk after the end");
+        assert!(check_jpeg_complete(&trailing).is_ok());
+        for cut in [3, 20, whole.len() / 2, whole.len() - 2, whole.len() - 1] {
+            let e = check_jpeg_complete(&whole[..cut]).unwrap_err();
+            assert!(matches!(e, ImageError::Corrupt(_)), "{cut}");
+            let t = Transform::from_compact("resize:w=10").unwrap();
+            assert!(
+                transform(&whole[..cut], &t, &Limits::default()).is_err(),
+                "{cut}"
+            );
+        }
+    }
+
+    #[test]
     fn hostile_inputs_fail_cleanly() {
         let t = Transform::from_compact("resize:w=10").unwrap();
         let l = Limits::default();
@@ -479,22 +666,7 @@ mod tests {
         let jpeg = rotated_jpeg();
         assert!(transform(&jpeg[..jpeg.len() / 2], &t, &l).is_err());
         // A 100,000 x 100,000 PNG header: refused before decoding.
-        let mut bomb = src.clone();
-        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        // The IHDR chunk's CRC (over its type and data) made right again.
-        let crc = bomb[12..29].iter().fold(!0u32, |mut c, b| {
-            c ^= u32::from(*b);
-            for _ in 0..8 {
-                c = if c & 1 == 1 {
-                    (c >> 1) ^ 0xEDB8_8320
-                } else {
-                    c >> 1
-                };
-            }
-            c
-        });
-        bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
+        let bomb = crate::fuzz::png_claiming(&src, 100_000, 100_000);
         let started = std::time::Instant::now();
         assert!(matches!(
             transform(&bomb, &t, &l),

@@ -64,6 +64,104 @@ impl Format {
     }
 }
 
+/// Compression formats of `compress` / `decompress`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Zstd,
+    Gzip,
+}
+
+impl Codec {
+    pub fn name(self) -> &'static str {
+        match self {
+            Codec::Zstd => "zstd",
+            Codec::Gzip => "gzip",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Codec::Zstd => "application/zstd",
+            Codec::Gzip => "application/gzip",
+        }
+    }
+
+    /// Levels allowed and the default.
+    fn levels(self) -> (u32, u32, u32) {
+        match self {
+            Codec::Zstd => (1, 19, 3),
+            Codec::Gzip => (1, 9, 6),
+        }
+    }
+
+    fn parse(s: &str) -> Result<Codec, OpError> {
+        Ok(match s {
+            "zstd" | "zst" => Codec::Zstd,
+            "gzip" | "gz" => Codec::Gzip,
+            _ => return Err(OpError::new(format!("format {s:?}: zstd or gzip"))),
+        })
+    }
+}
+
+/// What `ocr` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcrFormat {
+    /// Plain UTF-8 text.
+    Text,
+    /// Tesseract's TSV: one row per page, block, paragraph, line and word, with boxes and
+    /// confidences.
+    Tsv,
+    /// hOCR (HTML with boxes and confidences).
+    Hocr,
+}
+
+impl OcrFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            OcrFormat::Text => "text",
+            OcrFormat::Tsv => "tsv",
+            OcrFormat::Hocr => "hocr",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            OcrFormat::Text => "text/plain; charset=utf-8",
+            OcrFormat::Tsv => "text/tab-separated-values; charset=utf-8",
+            OcrFormat::Hocr => "text/html; charset=utf-8",
+        }
+    }
+}
+
+/// A tesseract language list: `eng`, `chi_sim`, `eng+deu` (at most 4).
+fn check_lang(s: &str) -> Result<(), OpError> {
+    let ok = !s.is_empty()
+        && s.split('+').count() <= 4
+        && s.split('+').all(|l| {
+            (3..=16).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && !l.starts_with('_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(OpError::new(format!(
+            "ocr.lang {s:?}: tesseract language names such as eng or eng+deu"
+        )))
+    }
+}
+
+/// What kind of work a transform is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Decode an image, apply steps, encode.
+    Image,
+    /// Image steps (if any), then text recognition.
+    Ocr,
+    /// Bytes in, bytes out, as they stream (compress / decompress).
+    Stream,
+}
+
 /// One step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
@@ -98,6 +196,20 @@ pub enum Op {
     Output {
         format: Format,
         quality: u8,
+    },
+    /// Compress the bytes as they stream (alone in its transform).
+    Compress {
+        codec: Codec,
+        level: u32,
+    },
+    /// Decompress the bytes as they stream (alone). `None`: told from the first bytes.
+    Decompress {
+        codec: Option<Codec>,
+    },
+    /// Recognise text (the last step; image steps may come before it).
+    Ocr {
+        lang: String,
+        format: OcrFormat,
     },
 }
 
@@ -281,9 +393,43 @@ fn step(mut a: Args<'_>) -> Result<Vec<Op>, OpError> {
                 },
             }]
         }
+        "compress" => {
+            let codec = Codec::parse(a.take(&["format", "f"]).as_deref().unwrap_or("zstd"))?;
+            let (lo, hi, default) = codec.levels();
+            let level = a.int(&["level", "l"], hi)?.unwrap_or(default);
+            if level < lo {
+                return Err(OpError::new(format!(
+                    "compress.level: {lo} to {hi} for {}",
+                    codec.name()
+                )));
+            }
+            vec![Op::Compress { codec, level }]
+        }
+        "decompress" => {
+            let codec = match a.take(&["format", "f"]).as_deref() {
+                None | Some("auto") => None,
+                Some(f) => Some(Codec::parse(f)?),
+            };
+            vec![Op::Decompress { codec }]
+        }
+        "ocr" => {
+            let lang = a.take(&["lang"]).unwrap_or_else(|| "eng".into());
+            check_lang(&lang)?;
+            let format = match a.take(&["format", "f"]).as_deref() {
+                None | Some("text") | Some("txt") => OcrFormat::Text,
+                Some("tsv") => OcrFormat::Tsv,
+                Some("hocr") => OcrFormat::Hocr,
+                Some(other) => {
+                    return Err(OpError::new(format!(
+                        "ocr.format {other:?}: text, tsv or hocr"
+                    )));
+                }
+            };
+            vec![Op::Ocr { lang, format }]
+        }
         other => {
             return Err(OpError::new(format!(
-                "unknown operation {other:?}: resize, thumbnail, crop, rotate, flip, flop, blur, sharpen, grayscale, output"
+                "unknown operation {other:?}: resize, thumbnail, crop, rotate, flip, flop, blur, sharpen, grayscale, output, ocr, compress, decompress"
             )));
         }
     };
@@ -309,6 +455,22 @@ impl Transform {
             && i != steps.len() - 1
         {
             return Err(OpError::new("output must be the last operation"));
+        }
+        if let Some(i) = steps.iter().position(|o| matches!(o, Op::Ocr { .. }))
+            && i != steps.len() - 1
+        {
+            return Err(OpError::new(
+                "ocr must be the last operation (image steps may come before it)",
+            ));
+        }
+        if steps
+            .iter()
+            .any(|o| matches!(o, Op::Compress { .. } | Op::Decompress { .. }))
+            && steps.len() > 1
+        {
+            return Err(OpError::new(
+                "compress and decompress stand alone (one operation, no other steps)",
+            ));
         }
         Ok(Transform { ops: steps })
     }
@@ -422,9 +584,24 @@ impl Transform {
                 Op::Output { format, quality } => {
                     write!(out, "output:f={},q={quality}", format.name())
                 }
+                Op::Compress { codec, level } => {
+                    write!(out, "compress:f={},level={level}", codec.name())
+                }
+                Op::Decompress { codec: None } => write!(out, "decompress:f=auto"),
+                Op::Decompress { codec: Some(c) } => write!(out, "decompress:f={}", c.name()),
+                Op::Ocr { lang, format } => write!(out, "ocr:lang={lang},f={}", format.name()),
             };
         }
         out
+    }
+
+    /// What kind of work this is.
+    pub fn kind(&self) -> Kind {
+        match self.ops.last() {
+            Some(Op::Compress { .. } | Op::Decompress { .. }) => Kind::Stream,
+            Some(Op::Ocr { .. }) => Kind::Ocr,
+            _ => Kind::Image,
+        }
     }
 
     /// The requested output format, if any.
@@ -462,6 +639,30 @@ mod tests {
         );
         let all = "crop:x=1,y=2,w=3,h=4/rotate:d=90/flip/flop/blur:sigma=1.5/sharpen:sigma=1/grayscale/output:f=jpeg,q=70";
         assert_eq!(Transform::from_compact(all).unwrap().canonical(), all);
+        for (given, canonical, kind) in [
+            ("compress", "compress:f=zstd,level=3", Kind::Stream),
+            ("compress:f=gz", "compress:f=gzip,level=6", Kind::Stream),
+            (
+                "compress:f=zstd,level=19",
+                "compress:f=zstd,level=19",
+                Kind::Stream,
+            ),
+            ("decompress", "decompress:f=auto", Kind::Stream),
+            ("decompress:f=gzip", "decompress:f=gzip", Kind::Stream),
+            ("ocr", "ocr:lang=eng,f=text", Kind::Ocr),
+            (
+                "grayscale/ocr:lang=eng+deu,f=tsv",
+                "grayscale/ocr:lang=eng+deu,f=tsv",
+                Kind::Ocr,
+            ),
+            ("ocr:f=hocr", "ocr:lang=eng,f=hocr", Kind::Ocr),
+            ("flip", "flip", Kind::Image),
+        ] {
+            let t = Transform::from_compact(given).unwrap();
+            assert_eq!(t.canonical(), canonical);
+            assert_eq!(t.kind(), kind, "{given}");
+            assert_eq!(Transform::from_compact(canonical).unwrap(), t);
+        }
     }
 
     #[test]
@@ -481,6 +682,17 @@ mod tests {
             ("flip:x=1", "unknown argument"),
             ("crop:w=5", "height"),
             ("resize:w", "key=value"),
+            ("compress:f=brotli", "zstd or gzip"),
+            ("compress:level=20", "at most"),
+            ("compress:f=gzip,level=10", "at most"),
+            ("compress:level=0", "1 to 19"),
+            ("compress/flip", "stand alone"),
+            ("flip/decompress", "stand alone"),
+            ("ocr/flip", "last"),
+            ("ocr:lang=../../etc", "language"),
+            ("ocr:lang=EN", "language"),
+            ("ocr:lang=eng+deu+fra+spa+ita", "language"),
+            ("ocr:f=pdf", "text, tsv or hocr"),
         ] {
             let e = Transform::from_compact(bad).unwrap_err().0;
             assert!(e.contains(says), "{bad:?}: {e}");

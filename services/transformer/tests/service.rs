@@ -86,21 +86,7 @@ async fn transforms_over_grpc_and_refuses_what_it_must() {
     assert_eq!((back.width(), back.height()), (300, 150));
 
     // Refused, each quickly, and the service goes on.
-    let mut bomb = png(10, 10);
-    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
-    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-    let crc = bomb[12..29].iter().fold(!0u32, |mut c, b| {
-        c ^= u32::from(*b);
-        for _ in 0..8 {
-            c = if c & 1 == 1 {
-                (c >> 1) ^ 0xEDB8_8320
-            } else {
-                c >> 1
-            };
-        }
-        c
-    });
-    bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
+    let bomb = fms_transformer::fuzz::png_claiming(&png(10, 10), 100_000, 100_000);
     for (t, data, code) in [
         ("explode", src.clone(), tonic::Code::InvalidArgument),
         (

@@ -218,3 +218,10 @@ pub async fn user_id(c: &reqwest::Client, auth_url: &str, token: &str) -> String
         .unwrap();
     me["id"].as_str().unwrap().to_string()
 }
+
+/// `GET address` as `token`: (status, JSON body or null).
+pub async fn get_json(c: &reqwest::Client, address: String, token: &str) -> (u16, Value) {
+    let r = c.get(address).bearer_auth(token).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
