@@ -210,7 +210,10 @@ fn ours_ocr(png: &Arc<Vec<u8>>, pages: usize, jobs: usize) -> Result<(f64, Durat
     let warm: Vec<_> = (0..jobs)
         .map(|_| {
             let (pool, t, png) = (pool.clone(), t.clone(), png.clone());
-            std::thread::spawn(move || pool.recognise(&png, &t, &Limits::default()).map(|_| ()))
+            std::thread::spawn(move || {
+                pool.recognise(&png, &t, &Limits::default(), None)
+                    .map(|_| ())
+            })
         })
         .collect();
     for h in warm {
@@ -226,7 +229,7 @@ fn ours_ocr(png: &Arc<Vec<u8>>, pages: usize, jobs: usize) -> Result<(f64, Durat
             let (pool, t, png, next) = (pool.clone(), t.clone(), png.clone(), next.clone());
             std::thread::spawn(move || -> Result<(), String> {
                 while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < pages {
-                    pool.recognise(&png, &t, &Limits::default())
+                    pool.recognise(&png, &t, &Limits::default(), None)
                         .map_err(|e| e.to_string())?;
                 }
                 Ok(())

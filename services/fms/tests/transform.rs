@@ -181,7 +181,7 @@ async fn transform_jobs_on_the_fly_reads_and_the_cache() {
     assert_eq!(f["derived_from"]["file_id"], id);
     assert_eq!(
         f["derived_from"]["transform"],
-        "v1:resize:w=320,fit=contain,upscale=false/output:f=webp"
+        "v1:resize:w=320,fit=contain,upscale=false/output:f=webp,q=80"
     );
     let (status, _, body) = bytes(&c, format!("{url}/api/files/{result_id}/content"), &alice).await;
     assert_eq!(status, 200);
@@ -668,4 +668,154 @@ fn zstd_frame_of_zeros(n: usize) -> Vec<u8> {
         f.push(0); // the byte repeated
     }
     f
+}
+
+/// Reliability test 30: expensive valid jobs beyond capacity. A job over the time limit fails
+/// with `timeout` soon after it; with every slot taken an on-the-fly read is refused at once
+/// (429, Retry-After); one user's batch of expensive jobs runs one at a time, so another
+/// user's small jobs keep most of their throughput.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expensive_jobs_beyond_capacity() {
+    let env = [
+        ("FMS_TRANSFORMER__TIMEOUT", "1s".to_string()),
+        ("FMS_TRANSFORMER__CONCURRENCY", "2".to_string()),
+    ];
+    let p = spawn(&["serve"], &env, true);
+    let url = p.http.clone();
+    let c = client();
+    let (heavy, _) = new_user(&c, &url).await;
+    let (light, _) = new_user(&c, &url).await;
+    // 7,000 x 7,000 (49 megapixels: allowed) of smooth colour: a few MiB as PNG, 147 MiB
+    // decoded.
+    let big = {
+        let img = image::RgbImage::from_fn(7000, 7000, |x, y| {
+            image::Rgb([(x / 28) as u8, (y / 28) as u8, ((x + y) / 56) as u8])
+        });
+        let mut out = Vec::new();
+        image::DynamicImage::ImageRgb8(img)
+            .write_with_encoder(image::codecs::png::PngEncoder::new(&mut out))
+            .unwrap();
+        out
+    };
+    let big_id = upload(&c, &url, &heavy, "big.png", big).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let small_id = upload(&c, &url, &light, "small.jpg", photo()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Each expensive transform distinct (no cache), each well over a second.
+    let expensive = |i: u32| {
+        format!(
+            "blur:sigma={}/sharpen/grayscale/output:f=png",
+            20.0 + i as f32 * 0.25
+        )
+    };
+
+    // The small jobs alone: the baseline.
+    let small_batch = |round: u32| {
+        let (c, url, light, small_id) = (c.clone(), url.clone(), light.clone(), small_id.clone());
+        async move {
+            let started = Instant::now();
+            for i in 0..8 {
+                let j = transform(
+                    &c,
+                    &url,
+                    &light,
+                    &small_id,
+                    json!({"transform": format!("resize:w={}/output:f=jpeg", 100 + round * 10 + i)}),
+                )
+                .await;
+                assert_eq!(j["state"], "completed", "{j}");
+            }
+            started.elapsed()
+        }
+    };
+    let alone = small_batch(0).await;
+
+    // The time limit: a job over it fails as `timeout`, about when the limit passes.
+    let started = Instant::now();
+    let j = transform(
+        &c,
+        &url,
+        &heavy,
+        &big_id,
+        json!({"transform": expensive(0)}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(j["state"], "failed", "{j}");
+    assert_eq!(j["error"]["code"], "timeout", "{j}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+
+    // Its thread stops at the next check between steps, then frees its slot.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&c, &url, "transformer_slots_busy").await > 0.0 {
+        assert!(Instant::now() < deadline, "a slot stays busy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Overflow: both slots taken by on-the-fly reads, a third reader is refused at once.
+    let hold = |i: u32| {
+        let (c, url, heavy, big_id) = (c.clone(), url.clone(), heavy.clone(), big_id.clone());
+        tokio::spawn(async move {
+            let t = expensive(100 + i);
+            bytes(
+                &c,
+                format!("{url}/api/files/{big_id}/content?transform={t}"),
+                &heavy,
+            )
+            .await
+            .0
+        })
+    };
+    let holders = [hold(1), hold(2)];
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let r = c
+        .get(format!(
+            "{url}/api/files/{small_id}/content?transform=resize:w=55"
+        ))
+        .bearer_auth(&light)
+        .send()
+        .await
+        .unwrap();
+    let refused_in = started.elapsed();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(refused_in < Duration::from_millis(300), "{refused_in:?}");
+    for h in holders {
+        assert_eq!(h.await.unwrap(), 504, "held past the time limit");
+    }
+
+    // A batch of expensive jobs from one user beside the small ones of another.
+    let mut heavy_jobs = Vec::new();
+    for i in 0..6 {
+        let (status, j) = start(
+            &c,
+            &url,
+            &heavy,
+            &big_id,
+            json!({"transform": expensive(200 + i)}),
+        )
+        .await;
+        assert_eq!(status, 202, "{j}");
+        heavy_jobs.push(j["id"].as_str().unwrap().to_string());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, first) = get_json(&c, format!("{url}/api/jobs/{}", heavy_jobs[5]), &heavy).await;
+    let beside = small_batch(1).await;
+    let ratio = alone.as_secs_f64() / beside.as_secs_f64();
+    eprintln!(
+        "8 small jobs: alone {alone:?}, beside 6 expensive jobs of another user {beside:?}: {:.0}% of the throughput kept",
+        ratio * 100.0
+    );
+    assert!(ratio > 0.5, "{ratio}");
+    for id in &heavy_jobs {
+        let j = finished(&c, &url, &heavy, id).await;
+        assert_eq!(j["error"]["code"], "timeout", "{j}");
+    }
+    // The sixth job waited its turn while the first ran.
+    assert_eq!(first["state"], "queued", "{first}");
 }

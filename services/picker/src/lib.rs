@@ -235,7 +235,10 @@ pub async fn start(cfg: &Config, db: Db, authz: Authz) -> Result<Arc<Picker>, St
         cfg: cfg.picker.clone(),
         events,
         downloader,
-        transforms: transform::Transforms::new(&cfg.picker.transformer_url)?,
+        transforms: transform::Transforms::new(
+            &cfg.picker.transformer_url,
+            cfg.picker.transform_jobs_per_user,
+        )?,
         gc_runs: 0.into(),
         grpc_bytes_received: std::sync::atomic::AtomicU64::new(0),
         commit_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),

@@ -59,11 +59,15 @@ pub struct Transforms {
     client: Option<Client>,
     /// One lock per cache key being produced: identical requests wait for the first.
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Jobs running per user in this process (the rest wait `queued`): one user's batch
+    /// of expensive jobs cannot take every transformer slot from everyone else's.
+    per_user: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    jobs_per_user: usize,
 }
 
 impl Transforms {
     /// Connect (lazily) to the transformer at `url`; empty: transforms answer 503.
-    pub fn new(url: &str) -> Result<Transforms, String> {
+    pub fn new(url: &str, jobs_per_user: u32) -> Result<Transforms, String> {
         let client = if url.is_empty() {
             None
         } else {
@@ -80,7 +84,21 @@ impl Transforms {
         Ok(Transforms {
             client,
             flights: Mutex::default(),
+            per_user: Mutex::default(),
+            jobs_per_user: (jobs_per_user as usize).max(1),
         })
+    }
+
+    /// The semaphore of `user`'s job places.
+    fn places(&self, user: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut m = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget users with nothing running (only the map holds their semaphore).
+        if m.len() > 10_000 {
+            m.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        m.entry(user.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.jobs_per_user)))
+            .clone()
     }
 }
 
@@ -531,8 +549,34 @@ async fn run_job(
 ) {
     let outcome = async {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Duration::from_millis(100);
         let mut queued = false;
+        // This user's place among their jobs (the others wait, queued and touched).
+        let places = p.transforms.places(&user);
+        let _place = match places.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                queued = true;
+                let _ = jobs::set_state(&p, &id, "queued").await;
+                let place = places.acquire_owned();
+                tokio::pin!(place);
+                let mut tick = tokio::time::interval(jobs::TOUCH_EVERY);
+                tick.tick().await;
+                loop {
+                    tokio::select! {
+                        permit = &mut place => match permit {
+                            Ok(permit) => break permit,
+                            Err(_) => return Err(ApiError::internal("job places closed")),
+                        },
+                        _ = tick.tick() => { let _ = jobs::touch(&p, &id, 0, -1).await; }
+                    }
+                }
+            }
+        };
+        if queued {
+            queued = false;
+            let _ = jobs::set_state(&p, &id, "running").await;
+        }
         // The row is touched while the job waits, so it never reads as interrupted.
         let (cached, hit) = loop {
             let attempt = produce(&p, &row, &t);
@@ -552,7 +596,7 @@ async fn run_job(
                         let _ = jobs::set_state(&p, &id, "queued").await;
                     }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     let _ = jobs::touch(&p, &id, 0, -1).await;
                 }
                 Err(e) => return Err(e),

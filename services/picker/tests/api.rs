@@ -791,8 +791,9 @@ async fn every_route_by_role_matches_the_policy() {
         (
             "POST",
             "/api/transform/{id}",
-            Some(json!({"ops": []})),
-            [501, 501, 501, 501],
+            Some(json!({"transform": "flip"})),
+            // Readers may transform; no transformer is configured in this harness (503).
+            [503, 503, 503, 404],
         ),
     ];
     let send = |method: &str, path: &str, body: &Option<Value>, token: &str, file: &str| {

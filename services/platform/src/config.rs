@@ -283,6 +283,9 @@ pub struct PickerConfig {
     /// Transform results kept for reuse, at most (least recently used dropped first; users'
     /// result files are not part of it).
     pub transform_cache_max: ByteSize,
+    /// Transform jobs of one user running at once in this picker (more wait `queued`), so
+    /// one user's batch cannot take every transformer slot.
+    pub transform_jobs_per_user: u32,
 }
 
 impl Default for PickerConfig {
@@ -301,6 +304,7 @@ impl Default for PickerConfig {
             transformer_url: String::new(),
             transform_timeout: Duration(std::time::Duration::from_secs(120)),
             transform_cache_max: ByteSize(10 << 30),
+            transform_jobs_per_user: 1,
         }
     }
 }

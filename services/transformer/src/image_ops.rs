@@ -52,6 +52,8 @@ pub enum ImageError {
     Corrupt(String),
     /// A step cannot apply to this image (e.g. a crop outside it).
     Invalid(String),
+    /// The time allowed ran out (checked between steps).
+    Timeout(String),
 }
 
 impl std::fmt::Display for ImageError {
@@ -61,6 +63,7 @@ impl std::fmt::Display for ImageError {
             ImageError::TooLarge(m) => write!(f, "image too large: {m}"),
             ImageError::Corrupt(m) => write!(f, "damaged image: {m}"),
             ImageError::Invalid(m) => write!(f, "{m}"),
+            ImageError::Timeout(m) => write!(f, "took too long: {m}"),
         }
     }
 }
@@ -283,14 +286,37 @@ fn decode_jpeg_scaled(
     Some(img.ok_or_else(|| ImageError::Corrupt("short JPEG data".into())))
 }
 
+/// Fails once `deadline` has passed.
+pub fn check_deadline(deadline: Option<std::time::Instant>, after: &str) -> Result<(), ImageError> {
+    match deadline {
+        Some(d) if std::time::Instant::now() > d => {
+            Err(ImageError::Timeout(format!("out of time after {after}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Run `t` (an image transform) on the encoded image `input`.
 pub fn transform(input: &[u8], t: &Transform, limits: &Limits) -> Result<Output, ImageError> {
+    transform_within(input, t, limits, None)
+}
+
+/// As [`transform`], giving up between steps once `deadline` has passed (a step itself is
+/// not interrupted; each is linear in the pixels, which `limits` bound).
+pub fn transform_within(
+    input: &[u8],
+    t: &Transform,
+    limits: &Limits,
+    deadline: Option<std::time::Instant>,
+) -> Result<Output, ImageError> {
     let (mut img, source_format) = match decode_shrunk(input, t, limits)? {
         Some(decoded) => decoded,
         None => decode(input, limits)?,
     };
+    check_deadline(deadline, "decoding")?;
     for op in &t.ops {
         img = apply(img, op)?;
+        check_deadline(deadline, "a step")?;
     }
     let (format, quality) = t.output().unwrap_or({
         (
@@ -338,7 +364,7 @@ pub fn apply(img: DynamicImage, op: &Op) -> Result<DynamicImage, ImageError> {
         Op::Flip => img.flipv(),
         Op::Flop => img.fliph(),
         Op::Blur(sigma) => img.fast_blur(*sigma),
-        Op::Sharpen(sigma) => img.unsharpen(*sigma, 1),
+        Op::Sharpen(sigma) => sharpen(img, *sigma),
         Op::Grayscale => img.grayscale(),
         Op::Output { .. } => img,
         Op::Compress { .. } | Op::Decompress { .. } | Op::Ocr { .. } => {
@@ -347,6 +373,39 @@ pub fn apply(img: DynamicImage, op: &Op) -> Result<DynamicImage, ImageError> {
             ));
         }
     })
+}
+
+/// Unsharp mask: the image plus its difference from a blurred copy. The blur is
+/// `fast_blur` (box passes), so the cost is linear in the pixels whatever the sigma — no
+/// step's cost depends on an argument a caller can make large.
+fn sharpen(img: DynamicImage, sigma: f32) -> DynamicImage {
+    let img = match img {
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_) => img,
+        other if other.color().has_alpha() => DynamicImage::ImageRgba8(other.to_rgba8()),
+        other => DynamicImage::ImageRgb8(other.to_rgb8()),
+    };
+    let blurred = img.fast_blur(sigma);
+    let channels = usize::from(img.color().channel_count());
+    let alpha = img.color().has_alpha();
+    let mut out = img;
+    let raw: &mut [u8] = match &mut out {
+        DynamicImage::ImageLuma8(b) => b,
+        DynamicImage::ImageLumaA8(b) => b,
+        DynamicImage::ImageRgb8(b) => b,
+        DynamicImage::ImageRgba8(b) => b,
+        _ => return out,
+    };
+    for (i, (o, b)) in raw.iter_mut().zip(blurred.as_bytes()).enumerate() {
+        if alpha && i % channels == channels - 1 {
+            continue;
+        }
+        let v = 2 * i32::from(*o) - i32::from(*b);
+        *o = v.clamp(0, 255) as u8;
+    }
+    out
 }
 
 /// A source rectangle: left, top, width, height (fractional: resize samples sub-pixels).
@@ -450,10 +509,29 @@ fn encode(img: DynamicImage, format: Format, quality: u8) -> Result<Output, Imag
             let enc = image::codecs::png::PngEncoder::new(&mut bytes);
             img.write_with_encoder(enc).map_err(fail)?;
         }
-        Format::Webp => {
+        Format::Webp if quality == 0 => {
             let rgba = DynamicImage::ImageRgba8(img.to_rgba8());
             let enc = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
             rgba.write_with_encoder(enc).map_err(fail)?;
+        }
+        Format::Webp => {
+            // Lossy: libwebp (the pure-Rust encoder writes lossless only).
+            if width > 16_383 || height > 16_383 {
+                return Err(ImageError::Invalid(format!(
+                    "WebP holds at most 16383 x 16383; this is {width} x {height} (resize first)"
+                )));
+            }
+            let encoded = if img.color().has_alpha() {
+                let rgba = img.to_rgba8();
+                webp::Encoder::from_rgba(&rgba, width, height)
+                    .encode_simple(false, f32::from(quality))
+            } else {
+                let rgb = img.to_rgb8();
+                webp::Encoder::from_rgb(&rgb, width, height)
+                    .encode_simple(false, f32::from(quality))
+            }
+            .map_err(|e| ImageError::Invalid(format!("encode: {e:?}")))?;
+            bytes = encoded.to_vec();
         }
     }
     Ok(Output {

@@ -124,14 +124,17 @@ impl Pool {
         input: &[u8],
         t: &Transform,
         limits: &Limits,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Recognised, ImageError> {
         let Some(Op::Ocr { lang, format }) = t.ops.last() else {
             return Err(ImageError::Invalid("not an OCR transform".into()));
         };
         let (img, _) = image_ops::decode(input, limits)?;
         let mut img = img;
+        image_ops::check_deadline(deadline, "decoding")?;
         for op in &t.ops[..t.ops.len() - 1] {
             img = image_ops::apply(img, op)?;
+            image_ops::check_deadline(deadline, "a step")?;
         }
         let grey = img.to_luma8();
         let (width, height) = grey.dimensions();

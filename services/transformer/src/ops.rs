@@ -233,6 +233,8 @@ impl std::error::Error for OpError {}
 
 /// Default JPEG quality.
 pub const DEFAULT_QUALITY: u8 = 85;
+/// Default WebP quality (lossy; `lossless=true` for lossless).
+pub const DEFAULT_WEBP_QUALITY: u8 = 80;
 
 /// Named arguments of one step, in either syntax.
 struct Args<'a> {
@@ -369,12 +371,28 @@ fn step(mut a: Args<'_>) -> Result<Vec<Op>, OpError> {
                 &a.take(&["format", "f"])
                     .ok_or_else(|| OpError::new("output.format is required"))?,
             )?;
-            let quality = a
-                .int(&["quality", "q"], 100)?
-                .unwrap_or(DEFAULT_QUALITY as u32);
-            if quality == 0 {
+            let lossless = match a.take(&["lossless"]).as_deref() {
+                None | Some("false") => false,
+                Some("true") if format == Format::Webp => true,
+                Some("true") => {
+                    return Err(OpError::new(
+                        "output.lossless: for webp only (png always is)",
+                    ));
+                }
+                Some(_) => return Err(OpError::new("output.lossless: true or false")),
+            };
+            let given = a.int(&["quality", "q"], 100)?;
+            if given == Some(0) {
                 return Err(OpError::new("output.quality: 1 to 100"));
             }
+            if lossless && given.is_some() {
+                return Err(OpError::new("output: quality or lossless, not both"));
+            }
+            let quality = match (format, lossless) {
+                (Format::Webp, true) => 0,
+                (Format::Webp, false) => given.unwrap_or(DEFAULT_WEBP_QUALITY as u32),
+                _ => given.unwrap_or(DEFAULT_QUALITY as u32),
+            };
             // `strip` is accepted for clarity: results never carry the source's metadata.
             match a.take(&["strip"]).as_deref() {
                 None | Some("true") => {}
@@ -386,10 +404,10 @@ fn step(mut a: Args<'_>) -> Result<Vec<Op>, OpError> {
             }
             vec![Op::Output {
                 format,
-                quality: if format == Format::Jpeg {
-                    quality as u8
-                } else {
+                quality: if format == Format::Png {
                     0
+                } else {
+                    quality as u8
                 },
             }]
         }
@@ -580,6 +598,10 @@ impl Transform {
                 Op::Blur(s) => write!(out, "blur:sigma={s}"),
                 Op::Sharpen(s) => write!(out, "sharpen:sigma={s}"),
                 Op::Grayscale => write!(out, "grayscale"),
+                Op::Output {
+                    format: Format::Webp,
+                    quality: 0,
+                } => write!(out, "output:f=webp,lossless=true"),
                 Op::Output { format, quality: 0 } => write!(out, "output:f={}", format.name()),
                 Op::Output { format, quality } => {
                     write!(out, "output:f={},q={quality}", format.name())
@@ -629,8 +651,19 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(
             a.canonical(),
-            "resize:w=800,fit=contain,upscale=false/output:f=webp"
+            "resize:w=800,fit=contain,upscale=false/output:f=webp,q=80"
         );
+        for (given, canonical) in [
+            ("output:f=webp", "output:f=webp,q=80"),
+            ("output:f=webp,q=50", "output:f=webp,q=50"),
+            ("output:f=webp,lossless=true", "output:f=webp,lossless=true"),
+            ("output:f=png,q=50", "output:f=png"),
+            ("output:f=jpg", "output:f=jpeg,q=85"),
+        ] {
+            let t = Transform::from_compact(given).unwrap();
+            assert_eq!(t.canonical(), canonical);
+            assert_eq!(Transform::from_compact(canonical).unwrap(), t);
+        }
         assert_eq!(Transform::from_compact(&a.canonical()).unwrap(), a);
         let t = Transform::from_compact("thumbnail:size=200").unwrap();
         assert_eq!(
@@ -677,6 +710,8 @@ mod tests {
             ("rotate:d=45", "90, 180 or 270"),
             ("blur:sigma=0", "between"),
             ("output:f=gif", "jpeg, png or webp"),
+            ("output:f=webp,lossless=true,q=5", "not both"),
+            ("output:f=jpeg,lossless=true", "webp only"),
             ("output:f=png/grayscale", "last"),
             ("explode", "unknown operation"),
             ("flip:x=1", "unknown argument"),

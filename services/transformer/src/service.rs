@@ -88,10 +88,28 @@ fn status(e: ImageError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         ImageError::TooLarge(_) => Status::out_of_range(e.to_string()),
+        ImageError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
     }
 }
 
 type Out = mpsc::Sender<Result<pb::TransformFileResponse, Status>>;
+
+/// A work slot, counted in `transformer_slots_busy` while held (also while a timed-out
+/// transform's thread finishes).
+struct Slot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl Slot {
+    fn taken(permit: tokio::sync::OwnedSemaphorePermit) -> Slot {
+        metrics::gauge!("transformer_slots_busy").increment(1.0);
+        Slot(permit)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        metrics::gauge!("transformer_slots_busy").decrement(1.0);
+    }
+}
 
 fn header(content_type: &str, width: u32, height: u32) -> pb::TransformFileResponse {
     pb::TransformFileResponse {
@@ -136,7 +154,7 @@ impl Service {
         &self,
         op: Op,
         mut input: Streaming<pb::TransformFileRequest>,
-        slot: tokio::sync::OwnedSemaphorePermit,
+        slot: Slot,
     ) -> ReceiverStream<Result<pb::TransformFileResponse, Status>> {
         let (tx, rx) = mpsc::channel(4);
         let (in_tx, in_rx) = mpsc::channel::<Result<Bytes, String>>(4);
@@ -223,10 +241,15 @@ impl TransformerService for Service {
             ))));
         }
         // Refused now, before any byte is read, when every slot is busy.
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            metrics::counter!("transformer_busy_total").increment(1);
-            Status::resource_exhausted("the transformer is busy; retry shortly")
-        })?;
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map(Slot::taken)
+            .map_err(|_| {
+                metrics::counter!("transformer_busy_total").increment(1);
+                Status::resource_exhausted("the transformer is busy; retry shortly")
+            })?;
         if kind == Kind::Stream {
             let op = transform.ops[0].clone();
             return Ok(Response::new(self.stream(op, stream, slot)));
@@ -248,19 +271,21 @@ impl TransformerService for Service {
         let limits = self.limits;
         let pool = self.ocr.clone();
         let started = std::time::Instant::now();
+        let deadline = Some(started + self.timeout);
         let work = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             if kind == Kind::Ocr {
-                pool.recognise(&input, &transform, &limits).map(|r| {
-                    (
-                        r.format.mime().to_string(),
-                        r.width,
-                        r.height,
-                        Bytes::from(r.text),
-                    )
-                })
+                pool.recognise(&input, &transform, &limits, deadline)
+                    .map(|r| {
+                        (
+                            r.format.mime().to_string(),
+                            r.width,
+                            r.height,
+                            Bytes::from(r.text),
+                        )
+                    })
             } else {
-                image_ops::transform(&input, &transform, &limits).map(|o| {
+                image_ops::transform_within(&input, &transform, &limits, deadline).map(|o| {
                     (
                         o.format.mime().to_string(),
                         o.width,
@@ -270,19 +295,31 @@ impl TransformerService for Service {
                 })
             }
         });
-        let (content_type, width, height, bytes) =
-            match tokio::time::timeout(self.timeout, work).await {
-                Err(_) => {
-                    metrics::counter!("transformer_timeouts_total").increment(1);
-                    return Err(Status::deadline_exceeded(format!(
-                        "the transform took longer than {}s",
-                        self.timeout.as_secs()
-                    )));
-                }
-                Ok(Ok(r)) => r.map_err(status)?,
-                Ok(Err(e)) if e.is_panic() => return Err(panicked("image")),
-                Ok(Err(e)) => return Err(Status::internal(format!("transform task: {e}"))),
-            };
+        // The work gives up itself between steps once the deadline has passed, and the
+        // answer waits for it: when the caller hears "timeout" the slot is free again (so a
+        // caller pacing itself by our answers never has more running than it thinks). The
+        // outer limit is a backstop for a single step that runs far over.
+        let backstop = self.timeout * 2 + Duration::from_secs(10);
+        let (content_type, width, height, bytes) = match tokio::time::timeout(backstop, work).await
+        {
+            Err(_) => {
+                metrics::counter!("transformer_timeouts_total").increment(1);
+                return Err(Status::deadline_exceeded(format!(
+                    "the transform took longer than {}s",
+                    self.timeout.as_secs()
+                )));
+            }
+            Ok(Ok(Err(ImageError::Timeout(m)))) => {
+                metrics::counter!("transformer_timeouts_total").increment(1);
+                return Err(Status::deadline_exceeded(format!(
+                    "the transform took longer than {}s ({m})",
+                    self.timeout.as_secs()
+                )));
+            }
+            Ok(Ok(r)) => r.map_err(status)?,
+            Ok(Err(e)) if e.is_panic() => return Err(panicked("image")),
+            Ok(Err(e)) => return Err(Status::internal(format!("transform task: {e}"))),
+        };
         let label = if kind == Kind::Ocr { "ocr" } else { "image" };
         metrics::counter!("transformer_transforms_total", "kind" => label).increment(1);
         metrics::histogram!("transformer_seconds").record(started.elapsed().as_secs_f64());
