@@ -565,6 +565,29 @@ async fn compress_one_gib_in_bounded_memory_and_back_exactly() {
     assert!(packed_size < SIZE / 4, "{packed_size}");
     let back = transform(&c, &url, &token, pid_, json!({"transform": "decompress"})).await;
     assert_eq!(back["state"], "completed", "{back}");
+    // Both in one zip, streamed (ZIP64 for the 1 GiB entry), under the same memory bound.
+    let r = c
+        .get(format!("{url}/api/archive?ids={id},{pid_}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let (mut total, mut tail) = (0u64, Vec::new());
+    while let Some(piece) = body.next().await {
+        let piece = piece.unwrap();
+        total += piece.len() as u64;
+        tail.extend_from_slice(&piece);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 4096);
+        }
+    }
+    assert!(total > SIZE + packed_size, "{total}");
+    assert!(
+        tail.windows(4).any(|w| w == b"PK\x05\x06"),
+        "end of central directory"
+    );
     watch.abort();
     let bid = back["file_id"].as_str().unwrap();
     let (_, bf) = get_json(&c, format!("{url}/api/files/{bid}"), &token).await;
@@ -576,7 +599,7 @@ async fn compress_one_gib_in_bounded_memory_and_back_exactly() {
     );
     let peak_mib = peak.load(std::sync::atomic::Ordering::Relaxed) / 1024;
     eprintln!(
-        "compress 1 GiB: {:?} ({:.0} MiB/s), {} MiB packed, server peak RSS {peak_mib} MiB",
+        "compress 1 GiB: {:?} ({:.0} MiB/s), {} MiB packed; with decompress and a zip of both streamed, server peak RSS {peak_mib} MiB",
         took,
         1024.0 / took.as_secs_f64(),
         packed_size >> 20
@@ -818,4 +841,114 @@ async fn expensive_jobs_beyond_capacity() {
     }
     // The sixth job waited its turn while the first ran.
     assert_eq!(first["state"], "queued", "{first}");
+}
+
+/// Archives (issue 8's streaming `archive`): a zip of files the caller may read — their own
+/// and shared ones, names made unique — streamed on the fly (stored and deflated) and as a
+/// job whose result is a new file; a file the caller may not read refuses the whole archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_of_readable_files() {
+    use std::io::Read;
+    let p = spawn(&["serve"], &[], true);
+    let url = p.http.clone();
+    let c = client();
+    let (alice, alice_name) = new_user(&c, &url).await;
+    let (bob, _) = new_user(&c, &url).await;
+    let mut ws = socket(&url, &alice).await;
+    let a = noise(300_000, 1);
+    let b = b"hello, archive\n".repeat(1000);
+    let shared = noise(70_000, 3);
+    let ia = upload(&c, &url, &alice, "a.bin", a.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ib = upload(&c, &url, &alice, "a.bin", b.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let is = upload(&c, &url, &bob, "shared.bin", shared.clone()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = upload(&c, &url, &bob, "secret.bin", b"no".to_vec()).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = c
+        .post(format!("{url}/api/files/share"))
+        .bearer_auth(&bob)
+        .json(&json!({"file_id": is, "with": alice_name, "rights": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let want = [("a.bin", &a), ("a (2).bin", &b), ("shared.bin", &shared)];
+    let check = |zip_bytes: Vec<u8>| {
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+        assert_eq!(z.len(), want.len());
+        for (i, (name, data)) in want.iter().enumerate() {
+            let mut f = z.by_index(i).unwrap();
+            assert_eq!(f.name(), *name);
+            let mut got = Vec::new();
+            f.read_to_end(&mut got).unwrap();
+            assert!(&got == *data, "{name}");
+        }
+    };
+    for compression in ["store", "deflate"] {
+        let (status, h, body) = bytes(
+            &c,
+            format!(
+                "{url}/api/archive?ids={ia},{ib},{is}&name=bundle.zip&compression={compression}"
+            ),
+            &alice,
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(h["content-type"], "application/zip");
+        assert!(
+            h["content-disposition"]
+                .to_str()
+                .unwrap()
+                .contains("bundle.zip")
+        );
+        if compression == "deflate" {
+            assert!(body.len() < a.len() + b.len() / 10 + shared.len());
+        }
+        check(body);
+    }
+    // Not readable: refused, and nothing is revealed about which.
+    let (status, _) = get_json(&c, format!("{url}/api/archive?ids={ia},{secret}"), &alice).await;
+    assert_eq!(status, 404);
+    let (status, _) = get_json(&c, format!("{url}/api/archive?ids="), &alice).await;
+    assert_eq!(status, 400);
+
+    // As a job: a new file of Alice's.
+    let r = c
+        .post(format!("{url}/api/archive"))
+        .bearer_auth(&alice)
+        .json(&json!({"file_ids": [ia, ib, is], "name": "job.zip"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let j: Value = r.json().await.unwrap();
+    assert_eq!(j["kind"], "archive");
+    let done = finished(&c, &url, &alice, j["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let e = event(&mut ws, "archive.completed").await;
+    assert_eq!(e["data"]["file_id"], done["file_id"]);
+    let fid = done["file_id"].as_str().unwrap();
+    let (_, f) = get_json(&c, format!("{url}/api/files/{fid}"), &alice).await;
+    assert_eq!(f["name"], "job.zip");
+    assert_eq!(f["content_type"], "application/zip");
+    let (_, _, body) = bytes(&c, format!("{url}/api/files/{fid}/content"), &alice).await;
+    check(body);
+    let r = c
+        .post(format!("{url}/api/archive"))
+        .bearer_auth(&alice)
+        .json(&json!({"file_ids": [ia, secret]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -72,9 +72,17 @@ pub fn routes(picker: Arc<Picker>, authenticator: Arc<Authenticator>) -> Router 
         .merge(crate::tus::routes())
         // Uploads are limited by `picker.max_file_size` and the quota, counted as they stream.
         .layer(DefaultBodyLimit::disable());
+    // Archive requests name up to 1,000 files.
+    let archive_routes = Router::new()
+        .route(
+            "/api/archive",
+            get(crate::archive::download).post(crate::archive::start),
+        )
+        .layer(DefaultBodyLimit::max(128 << 10));
     let cors = crate::tus::Cors::new(&picker.cfg.cors_origins);
     let router = json_routes
         .merge(stream_routes)
+        .merge(archive_routes)
         .layer(Extension(authenticator))
         .with_state(picker);
     match cors {
@@ -191,7 +199,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// `attachment` with an ASCII fallback name and the exact UTF-8 name (RFC 6266).
-fn content_disposition(name: &str) -> HeaderValue {
+pub(crate) fn content_disposition(name: &str) -> HeaderValue {
     let ascii: String = name
         .chars()
         .map(|c| {

@@ -3,6 +3,7 @@
 //! a file is the permission service's answer, asked on every access.
 
 pub mod api;
+pub mod archive;
 pub mod authz;
 pub mod connect;
 pub mod engine;

@@ -99,14 +99,12 @@ impl Pool {
             )));
         }
         let datapath = (!self.datapath.is_empty()).then_some(self.datapath.as_str());
-        let mut api = TessApi::new(datapath, lang).map_err(|_| {
+        let api = TessApi::new(datapath, lang).map_err(|_| {
             ImageError::Invalid(format!(
                 "OCR language {lang:?} could not be loaded (installed: {})",
                 installed.join(", ")
             ))
         })?;
-        // Raw pixels carry no resolution; 300 dpi is what tesseract assumes for scans.
-        api.set_source_resolution(300);
         Ok(api)
     }
 
@@ -147,6 +145,7 @@ impl Pool {
             api.raw
                 .set_image(grey.as_raw(), w, h, 1, w)
                 .map_err(|e| ImageError::Invalid(format!("OCR: {e:?}")))?;
+            // Raw pixels carry no resolution; 300 dpi is what tesseract assumes for scans.
             api.set_source_resolution(300);
             let text = match format {
                 OcrFormat::Text => api.get_utf8_text(),
