@@ -180,6 +180,30 @@ fn check_jpeg_complete(input: &[u8]) -> Result<(), ImageError> {
     }
 }
 
+/// A WebP's chunks must fit in the file: the decoder reads a metadata chunk (EXIF, for the
+/// orientation) into a buffer of the size the chunk claims, before any limit applies — a
+/// 40-byte file claiming a 4 GB EXIF chunk asked for 4 GB (found by the `decode` fuzz
+/// target).
+fn check_webp_chunks(input: &[u8]) -> Result<(), ImageError> {
+    let bad = |why: &str| Err(ImageError::Corrupt(format!("WebP: {why}")));
+    if input.len() < 12 || &input[..4] != b"RIFF" || &input[8..12] != b"WEBP" {
+        return bad("no RIFF/WEBP header");
+    }
+    let mut at = 12usize;
+    while at < input.len() {
+        let Some(header) = input.get(at..at + 8) else {
+            return bad("a chunk header is cut short");
+        };
+        let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
+        let end = at + 8 + size + (size & 1);
+        if at + 8 + size > input.len() {
+            return bad("a chunk claims more bytes than the file has");
+        }
+        at = end;
+    }
+    Ok(())
+}
+
 /// Decode the encoded image `input` under `limits` (header checked first, EXIF orientation
 /// applied); also its format.
 pub fn decode(input: &[u8], limits: &Limits) -> Result<(DynamicImage, ImageFormat), ImageError> {
@@ -198,8 +222,10 @@ pub fn decode(input: &[u8], limits: &Limits) -> Result<(DynamicImage, ImageForma
             limits.max_pixels, limits.max_side
         )));
     }
-    if source_format == ImageFormat::Jpeg {
-        check_jpeg_complete(input)?;
+    match source_format {
+        ImageFormat::Jpeg => check_jpeg_complete(input)?,
+        ImageFormat::WebP => check_webp_chunks(input)?,
+        _ => {}
     }
     let mut reader = ImageReader::new(Cursor::new(input))
         .with_guessed_format()
@@ -704,6 +730,27 @@ mod tests {
             img.get_pixel(15, 4)
         );
         assert!(near(*img.get_pixel(2, 30), WHITE));
+    }
+
+    #[test]
+    fn webp_chunks_claiming_more_than_the_file_are_refused() {
+        // The fuzz target's find: VP8X saying EXIF follows, then a chunk claiming ~3.8 GB.
+        let mut f =
+            b"RIFF\xc0\x01\x00\x00WEBPVP8X\x0a\x00\x00\x00\x08\x00\x00\x00\x17\x00\x00\x0f\x00\x00"
+                .to_vec();
+        f.extend_from_slice(b"EXIF\x00\x00\x00\xe6abc");
+        let t = Transform::from_compact("flip").unwrap();
+        let e = transform(&f, &t, &Limits::default()).unwrap_err();
+        assert!(
+            matches!(e, ImageError::Corrupt(_) | ImageError::Unsupported(_)),
+            "{e}"
+        );
+        let mut ok = Vec::new();
+        DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(sample()).to_rgba8())
+            .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut ok))
+            .unwrap();
+        assert!(check_webp_chunks(&ok).is_ok());
+        assert!(check_webp_chunks(&ok[..ok.len() - 3]).is_err());
     }
 
     #[test]
