@@ -1,0 +1,315 @@
+//! Scenario files (TOML): who, how much load, which actions in what mix, the SLO.
+//!
+//! ```toml
+//! name = "smoke"
+//! [users]
+//! count = 4
+//! [load]
+//! mode = "open"          # arrivals at `rate` per second whatever the server does
+//! rate = 40
+//! ramp = "1s"            # 0 -> rate over this, then steady
+//! duration = "4s"
+//! max_requests = 2000
+//! [[actions]]
+//! kind = "upload"
+//! weight = 2
+//! size = { dist = "uniform", min = "1KiB", max = "64KiB" }
+//! [[actions]]
+//! kind = "download"
+//! weight = 3
+//! range = true
+//! [slo]
+//! p99_ms = 200
+//! error_rate = 0.001
+//! ```
+//!
+//! Errors name the line and the field (`toml`'s own report for syntax, unknown fields and
+//! types; `field: why` for values out of range).
+
+use fms_platform::units::{ByteSize, Duration};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub users: Users,
+    pub load: Load,
+    pub actions: Vec<Action>,
+    #[serde(default)]
+    pub slo: Option<Slo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Users {
+    /// Accounts registered before the load starts (not measured).
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Arrivals on a schedule, whatever the server does: latency counts from the intended
+    /// start (no coordinated omission).
+    Open,
+    /// `virtual_users` each doing one action after another.
+    Closed,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Load {
+    pub mode: Mode,
+    /// Open: arrivals per second at the steady state.
+    #[serde(default)]
+    pub rate: f64,
+    /// Closed: concurrent users.
+    #[serde(default)]
+    pub virtual_users: u32,
+    /// Open: from 0 to `rate` over this, then steady.
+    #[serde(default = "zero")]
+    pub ramp: Duration,
+    /// The whole run (ramp included).
+    pub duration: Duration,
+    /// Never more requests than this.
+    #[serde(default = "max_requests")]
+    pub max_requests: u64,
+    /// Open: requests in flight at most; an arrival beyond is counted as an error
+    /// (`client_saturated`) rather than delayed (which would hide latency).
+    #[serde(default = "max_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn zero() -> Duration {
+    Duration(std::time::Duration::ZERO)
+}
+
+fn max_requests() -> u64 {
+    1_000_000
+}
+
+fn max_in_flight() -> u32 {
+    2_000
+}
+
+/// File sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Size {
+    Fixed {
+        size: ByteSize,
+    },
+    Uniform {
+        min: ByteSize,
+        max: ByteSize,
+    },
+    /// Log-normal around `median` with shape `sigma`, cut at `max`.
+    LogNormal {
+        median: ByteSize,
+        sigma: f64,
+        max: ByteSize,
+    },
+}
+
+impl Size {
+    /// A size for a uniform `u` in [0, 1) and a standard normal `z`.
+    pub fn pick(&self, u: f64, z: f64) -> u64 {
+        match self {
+            Size::Fixed { size } => size.0,
+            Size::Uniform { min, max } => min.0 + ((max.0 - min.0) as f64 * u) as u64,
+            Size::LogNormal { median, sigma, max } => {
+                ((median.0 as f64) * (sigma * z).exp()).min(max.0 as f64) as u64
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// `POST /api/upload` of new random bytes.
+    Upload { weight: u32, size: Size },
+    /// `GET /api/files/{id}/content` of one of the user's files (`range`: the first 64 KiB).
+    Download {
+        weight: u32,
+        #[serde(default)]
+        range: bool,
+    },
+    /// `GET /api/files?limit=50`.
+    List { weight: u32 },
+    /// `POST /auth/login`.
+    Login { weight: u32 },
+}
+
+impl Action {
+    pub fn weight(&self) -> u32 {
+        match self {
+            Action::Upload { weight, .. }
+            | Action::Download { weight, .. }
+            | Action::List { weight }
+            | Action::Login { weight } => *weight,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Upload { .. } => "upload",
+            Action::Download { range: false, .. } => "download",
+            Action::Download { range: true, .. } => "download_range",
+            Action::List { .. } => "list",
+            Action::Login { .. } => "login",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slo {
+    /// Every action's p99 under this many milliseconds.
+    pub p99_ms: f64,
+    /// Errors / requests under this.
+    pub error_rate: f64,
+}
+
+impl Scenario {
+    /// Parse and check a scenario file's text.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let s: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let bad = |field: &str, why: &str| Err(format!("{field}: {why}"));
+        if self.users.count == 0 || self.users.count > 100_000 {
+            return bad("users.count", "1 to 100000");
+        }
+        let l = &self.load;
+        match l.mode {
+            Mode::Open if !(l.rate > 0.0 && l.rate <= 1_000_000.0) => {
+                return bad(
+                    "load.rate",
+                    "above 0 (arrivals per second) for mode = \"open\"",
+                );
+            }
+            Mode::Closed if l.virtual_users == 0 || l.virtual_users > 100_000 => {
+                return bad("load.virtual_users", "1 to 100000 for mode = \"closed\"");
+            }
+            _ => {}
+        }
+        if l.duration.0.is_zero() || l.duration.0 > std::time::Duration::from_secs(24 * 3600) {
+            return bad("load.duration", "above 0s, at most 24h");
+        }
+        if l.ramp.0 > l.duration.0 {
+            return bad("load.ramp", "at most load.duration");
+        }
+        if l.max_requests == 0 {
+            return bad("load.max_requests", "above 0");
+        }
+        if l.max_in_flight == 0 {
+            return bad("load.max_in_flight", "above 0");
+        }
+        if self.actions.is_empty() {
+            return bad("actions", "at least one [[actions]]");
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            if a.weight() == 0 {
+                return bad(&format!("actions[{i}].weight"), "above 0");
+            }
+            if let Action::Upload { size, .. } = a {
+                let ok = match size {
+                    Size::Fixed { .. } => true,
+                    Size::Uniform { min, max } => min.0 <= max.0,
+                    Size::LogNormal { median, sigma, max } => {
+                        *sigma >= 0.0 && *sigma <= 10.0 && median.0 <= max.0
+                    }
+                };
+                if !ok {
+                    return bad(
+                        &format!("actions[{i}].size"),
+                        "min <= max, median <= max, 0 <= sigma <= 10",
+                    );
+                }
+            }
+        }
+        if let Some(s) = &self.slo
+            && (s.p99_ms <= 0.0 || !(0.0..=1.0).contains(&s.error_rate))
+        {
+            return bad("slo", "p99_ms above 0, error_rate between 0 and 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "t"
+[users]
+count = 2
+[load]
+mode = "open"
+rate = 10
+duration = "2s"
+[[actions]]
+kind = "upload"
+weight = 1
+size = { dist = "log_normal", median = "64KiB", sigma = 1.0, max = "1MiB" }
+[[actions]]
+kind = "download"
+weight = 2
+range = true
+"#;
+
+    #[test]
+    fn a_good_scenario_parses() {
+        let s = Scenario::parse(GOOD).unwrap();
+        assert_eq!(s.actions.len(), 2);
+        assert_eq!(s.load.max_requests, 1_000_000);
+        assert_eq!(s.actions[1].name(), "download_range");
+        let Action::Upload { size, .. } = &s.actions[0] else {
+            panic!()
+        };
+        assert_eq!(size.pick(0.5, 0.0), 64 << 10);
+        assert_eq!(size.pick(0.5, 10.0), 1 << 20, "cut at max");
+    }
+
+    #[test]
+    fn bad_files_name_the_line_and_the_field() {
+        for (text, says) in [
+            (GOOD.replace("rate = 10", "rat = 10"), "line 7"),
+            (GOOD.replace("rate = 10", "rat = 10"), "rat"),
+            (GOOD.replace("count = 2", "count = \"two\""), "line 4"),
+            (
+                GOOD.replace("mode = \"open\"", "mode = \"sideways\""),
+                "sideways",
+            ),
+            (
+                GOOD.replace("kind = \"upload\"", "kind = \"explode\""),
+                "explode",
+            ),
+            (GOOD.replace("rate = 10", "rate = 0"), "load.rate"),
+            (
+                GOOD.replace("weight = 2", "weight = 0"),
+                "actions[1].weight",
+            ),
+            (
+                GOOD.replace("duration = \"2s\"", "duration = \"2 parsecs\""),
+                "line 8",
+            ),
+            (
+                GOOD.replace("sigma = 1.0", "sigma = -1.0"),
+                "actions[0].size",
+            ),
+            ("name = ".to_string(), "line 1"),
+        ] {
+            let e = Scenario::parse(&text).unwrap_err();
+            assert!(e.contains(says), "{says}: {e}");
+        }
+    }
+}
