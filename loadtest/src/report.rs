@@ -12,6 +12,10 @@ const SERVER: &[(&str, &str)] = &[
     ("picker_uploads_total", "files stored"),
     ("picker_upload_bytes_total", "bytes uploaded"),
     ("picker_download_bytes_total", "bytes served"),
+    (
+        "process_cpu_seconds_total",
+        "server CPU seconds (the process serving the target)",
+    ),
 ];
 
 impl Report {
@@ -42,6 +46,10 @@ impl Report {
             .iter()
             .map(|(k, _)| (k.to_string(), json!(self.server_delta(k))))
             .collect();
+        let mut server = server;
+        if let Some(rss) = self.server_after.get("process_resident_memory_bytes") {
+            server.insert("resident_memory_bytes_after".into(), json!(rss));
+        }
         let mut v = json!({
             "scenario": self.scenario,
             "target": self.target,
@@ -99,6 +107,12 @@ impl Report {
         out.push_str("\nServer (`/metrics`, increase over the run):\n\n");
         for (k, what) in SERVER {
             out.push_str(&format!("- {what}: {}\n", self.server_delta(k)));
+        }
+        if let Some(rss) = self.server_after.get("process_resident_memory_bytes") {
+            out.push_str(&format!(
+                "- server resident memory after the run: {:.0} MiB\n",
+                rss / (1 << 20) as f64
+            ));
         }
         if let Some(slo) = slo {
             out.push_str(&match self.slo_verdict(slo) {

@@ -36,6 +36,9 @@ async fn smoke_scenario_counts_match_the_server() {
     assert_eq!(report.server_delta("picker_upload_bytes_total") as u64, up);
     let uploads = r.actions.get("upload").map_or(0, |a| a.ok);
     assert_eq!(report.server_delta("picker_uploads_total") as u64, uploads);
+    // The server's own cost: CPU time spent, memory held.
+    assert!(report.server_delta("process_cpu_seconds_total") > 0.0);
+    assert!(report.server_after["process_resident_memory_bytes"] > (10 << 20) as f64);
     let v = report.json(s.slo.as_ref());
     assert_eq!(v["client"]["requests"], r.requests());
     assert!(v["client"]["timeline"].as_array().unwrap().len() >= 4);

@@ -28,9 +28,39 @@ pub fn install() {
     });
 }
 
+/// This process's CPU time (user + system) and resident memory, from `/proc/self` (Linux;
+/// nothing elsewhere): read at each scrape so load tests and dashboards see the server's
+/// own cost.
+fn record_process() {
+    // Times in /proc are in USER_HZ, which Linux fixes at 100 for user space.
+    const TICKS_PER_SECOND: f64 = 100.0;
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        // Fields after the command name (which may hold spaces) start after its ')'.
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line; 12 and 13 after the name.
+        if let (Some(u), Some(s)) = (
+            fields.get(11).and_then(|v| v.parse::<f64>().ok()),
+            fields.get(12).and_then(|v| v.parse::<f64>().ok()),
+        ) {
+            metrics::gauge!("process_cpu_seconds_total").set((u + s) / TICKS_PER_SECOND);
+        }
+    }
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+        && let Some(kib) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+    {
+        metrics::gauge!("process_resident_memory_bytes").set(kib * 1024.0);
+    }
+}
+
 /// The current metrics in Prometheus text format.
 pub fn render() -> String {
     install();
+    record_process();
     HANDLE
         .get()
         .and_then(|h| h.as_ref())
