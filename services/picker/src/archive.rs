@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::Picker;
-use crate::api::{Budget, authorized, check_name, db_error, now_ms, store_stream};
+use crate::api::{Budget, authorized, check_name, db_error, store_stream};
 use crate::jobs::{self, JobRow};
 use crate::meta::FileRow;
 
@@ -269,21 +269,12 @@ pub(crate) async fn start(
             return Err(crate::api::over_quota(budget.quota, budget.used));
         }
     }
-    let now = now_ms();
-    let job = JobRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        owner_id: user.clone(),
-        kind: "archive".into(),
-        state: "running".into(),
-        source: json!({"type": "archive", "files": rows.len(), "name": name}).to_string(),
-        bytes: 0,
-        total: i64::try_from(least).unwrap_or(-1),
-        file_id: String::new(),
-        error_code: String::new(),
-        error_message: String::new(),
-        created_at: now,
-        updated_at: now,
-    };
+    let mut job = JobRow::running(
+        user.clone(),
+        "archive",
+        json!({"type": "archive", "files": rows.len(), "name": name}).to_string(),
+    );
+    job.total = i64::try_from(least).unwrap_or(-1);
     jobs::insert(&p, &job).await.map_err(db_error)?;
     let (task, id) = (p.clone(), job.id.clone());
     let compression = body.compression.unwrap_or(Compression::Store);

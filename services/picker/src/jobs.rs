@@ -114,6 +114,27 @@ pub(crate) struct JobRow {
     pub(crate) updated_at: i64,
 }
 
+impl JobRow {
+    /// A new job of `owner`'s, running from now.
+    pub(crate) fn running(owner: String, kind: &str, source: String) -> JobRow {
+        let now = now_ms();
+        JobRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            owner_id: owner,
+            kind: kind.into(),
+            state: "running".into(),
+            source,
+            bytes: 0,
+            total: -1,
+            file_id: String::new(),
+            error_code: String::new(),
+            error_message: String::new(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 pub(crate) fn job_json(j: &JobRow) -> Value {
     let mut state = j.state.as_str();
     let (mut code, mut message) = (j.error_code.as_str(), j.error_message.as_str());
@@ -431,21 +452,7 @@ pub(crate) async fn start_import(
             30,
         ));
     };
-    let now = now_ms();
-    let job = JobRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        owner_id: user.clone(),
-        kind: "import".into(),
-        state: "running".into(),
-        source: described.to_string(),
-        bytes: 0,
-        total: -1,
-        file_id: String::new(),
-        error_code: String::new(),
-        error_message: String::new(),
-        created_at: now,
-        updated_at: now,
-    };
+    let job = JobRow::running(user.clone(), "import", described.to_string());
     insert(&p, &job).await.map_err(db_error)?;
     let request = pb::DownloadFileRequest {
         owner_id: user.clone(),

@@ -513,22 +513,11 @@ pub(crate) async fn start(
         e.retry_after = Some(5);
         return Err(e);
     }
-    let now = now_ms();
-    let job = JobRow {
-        id: uuid::Uuid::now_v7().to_string(),
-        owner_id: user.clone(),
-        kind: "transform".into(),
-        state: "running".into(),
-        source: json!({"type": "transform", "file_id": row.id, "transform": t.canonical()})
-            .to_string(),
-        bytes: 0,
-        total: -1,
-        file_id: String::new(),
-        error_code: String::new(),
-        error_message: String::new(),
-        created_at: now,
-        updated_at: now,
-    };
+    let job = JobRow::running(
+        user.clone(),
+        "transform",
+        json!({"type": "transform", "file_id": row.id, "transform": t.canonical()}).to_string(),
+    );
     jobs::insert(&p, &job).await.map_err(db_error)?;
     let task = p.clone();
     let job_id = job.id.clone();
