@@ -12,7 +12,8 @@ cargo build --quiet -p fms-bench -p fms
 # downloads, `scripts/bench.sh tus [--rustus PATH] ...` resumable uploads (tus, gRPC) against
 # rustus, `scripts/bench.sh import [--size-mib N] [--runs N]` imports from a loopback HTTP
 # server against curl of the same URL (needs curl), `scripts/bench.sh transform [--images N]
-# [--pages N]` thumbnails against vipsthumbnail and OCR against the tesseract command;
+# [--pages N]` thumbnails against vipsthumbnail and OCR against the tesseract command,
+# `scripts/bench.sh loadtest [--seconds N] [--connections N]` fms-loadtest against wrk and k6;
 # anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
@@ -51,6 +52,11 @@ if [ "${1:-}" = transform ]; then
     # As `fms` sets it: one OpenMP thread per tesseract page (jobs run one per core).
     export OMP_THREAD_LIMIT="${OMP_THREAD_LIMIT:-1}"
     exec "$CARGO_TARGET_DIR/debug/fms-bench-transform" "$@"
+fi
+if [ "${1:-}" = loadtest ]; then
+    # fms-loadtest against wrk and k6 on the same endpoint.
+    shift
+    exec loadtest/compare.sh "$@"
 fi
 if [ "${1:-}" = auth ]; then
     shift

@@ -1,6 +1,7 @@
-//! `fms-loadtest SCENARIO --target URL`: run a scenario file against a running fms and print
-//! a Markdown report (and write JSON). Only the given target is contacted; the run is bounded
-//! by the scenario's duration and request cap; Ctrl-C stops it with a partial report.
+//! `fms-loadtest SCENARIO --target URL [--grpc URL]`: run a scenario file against a running
+//! fms, print a live progress line and at the end a Markdown report (and write JSON and
+//! charts). Only the given addresses are contacted; the run is bounded by the scenario's
+//! duration and request cap; Ctrl-C stops it with a partial report.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,16 @@ struct Args {
     /// The fms HTTP address, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     target: String,
+    /// The gRPC address, for scenarios with gRPC actions, e.g. http://127.0.0.1:9090.
+    #[arg(long)]
+    grpc: Option<String>,
+    /// Search for the capacity: step the rate up (the scenario's [load.steps]) until the
+    /// SLO breaks; report the highest rate that held and what saturated first.
+    #[arg(long)]
+    capacity: bool,
+    /// Write SVG charts into this directory.
+    #[arg(long)]
+    charts: Option<PathBuf>,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -61,12 +72,30 @@ fn main() -> ExitCode {
                 on_signal.store(true, Ordering::Relaxed);
             }
         });
-        fms_loadtest::run::run(&scenario, &args.target, stop.clone(), |t, n, e| {
-            eprint!(
-                "\r{:>6.1} s  {n} requests  {e} errors  {:.1}/s   ",
-                t.as_secs_f64(),
-                n as f64 / t.as_secs_f64().max(1e-9)
+        let target = fms_loadtest::run::Target {
+            http: args.target.clone(),
+            grpc: args.grpc.clone(),
+        };
+        let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        fms_loadtest::run::run(&scenario, &target, args.capacity, stop.clone(), move |p| {
+            let step = p.step.map_or(String::new(), |(k, r)| {
+                format!("step {k} ({r:.0}/s offered)  ")
+            });
+            let line = format!(
+                "{:>6.1} s  {step}{:.0}/s  p99 {:.1} ms  {} requests  {} errors  {} in flight",
+                p.elapsed.as_secs_f64(),
+                p.rate,
+                p.p99_ms,
+                p.requests,
+                p.errors,
+                p.in_flight
             );
+            // A terminal gets one line rewritten in place; a log gets a line every 10 s.
+            if live {
+                eprint!("\r{line}   ");
+            } else if p.elapsed.as_secs() % 10 == 0 {
+                eprintln!("{line}");
+            }
         })
         .await
     });
@@ -91,6 +120,19 @@ fn main() -> ExitCode {
     if let Err(e) = write(&args.json, json).and_then(|()| write(&args.markdown, md)) {
         eprintln!("fms-loadtest: {e}");
         return ExitCode::from(1);
+    }
+    if let Some(dir) = &args.charts {
+        match fms_loadtest::chart::write(&report, dir) {
+            Ok(paths) => {
+                for p in paths {
+                    eprintln!("fms-loadtest: wrote {}", p.display());
+                }
+            }
+            Err(e) => {
+                eprintln!("fms-loadtest: {e}");
+                return ExitCode::from(1);
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -1,10 +1,11 @@
 //! The report: JSON for machines, Markdown for people; the server's own counters beside the
-//! client's, and the SLO verdict.
+//! client's, each step of a step profile, the capacity found, and the SLO verdict.
 
 use serde_json::{Value, json};
 
-use crate::run::Report;
+use crate::run::{Report, judge, utilisation};
 use crate::scenario::Slo;
+use crate::stats::merged;
 
 /// Server counters the report shows (their increase over the run).
 const SERVER: &[(&str, &str)] = &[
@@ -13,10 +14,34 @@ const SERVER: &[(&str, &str)] = &[
     ("picker_upload_bytes_total", "bytes uploaded"),
     ("picker_download_bytes_total", "bytes served"),
     (
+        "picker_grpc_upload_bytes_received_total",
+        "bytes received by gRPC uploads (after dedup)",
+    ),
+    ("notification_events_stored_total", "events stored"),
+    (
         "process_cpu_seconds_total",
         "server CPU seconds (the process serving the target)",
     ),
 ];
+
+/// Server gauges shown as they are after the run.
+const GAUGES: &[(&str, &str)] = &[
+    ("engine_files", "files in the store"),
+    (
+        "engine_logical_bytes",
+        "logical bytes in the store (sum of file sizes)",
+    ),
+    ("engine_stored_bytes", "bytes on disk (pack files)"),
+    (
+        "engine_dedup_ratio",
+        "dedup ratio (logical / unique chunk bytes)",
+    ),
+    ("notification_sockets", "WebSocket sockets open"),
+];
+
+fn ms(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
 
 impl Report {
     /// A server counter's increase over the run.
@@ -25,38 +50,92 @@ impl Report {
             - self.server_before.get(name).copied().unwrap_or(0.0)
     }
 
-    /// Whether every action met `slo`, and if not, why.
+    /// Whether the whole run met `slo`, and if not, why.
     pub fn slo_verdict(&self, slo: &Slo) -> Result<(), String> {
-        let (n, e) = (self.recorder.requests(), self.recorder.errors());
-        let rate = if n == 0 { 0.0 } else { e as f64 / n as f64 };
-        if rate > slo.error_rate {
-            return Err(format!("error rate {rate:.4} > {}", slo.error_rate));
-        }
-        for (name, a) in &self.recorder.actions {
-            let p99 = a.latency.value_at_quantile(0.99) as f64 / 1000.0;
-            if p99 > slo.p99_ms {
-                return Err(format!("{name} p99 {p99:.1} ms > {} ms", slo.p99_ms));
-            }
-        }
-        Ok(())
+        judge(&self.recorder.actions, 0, slo)
+    }
+
+    /// The server's CPU use over the run as a share of its CPUs.
+    pub fn server_cpu_share(&self) -> f64 {
+        let cpus = self
+            .server_after
+            .get("process_cpus")
+            .copied()
+            .unwrap_or(1.0)
+            .max(1.0);
+        self.server_delta("process_cpu_seconds_total") / self.elapsed.as_secs_f64().max(1e-9) / cpus
+    }
+
+    fn steps_json(&self) -> Vec<Value> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(k, st)| {
+                let empty = Default::default();
+                let actions = self.recorder.steps.get(k).unwrap_or(&empty);
+                let h = merged(actions);
+                let n = h.len();
+                let errors: u64 = actions.values().map(|a| a.error_count()).sum();
+                let (server, client, _) = utilisation(st, self.client_cpus);
+                let secs = (st.to - st.from).as_secs_f64().max(1e-9);
+                json!({
+                    "rate": st.rate,
+                    "from_s": st.from.as_secs_f64(),
+                    "to_s": st.to.as_secs_f64(),
+                    "requests": n,
+                    "achieved_per_s": n as f64 / secs,
+                    "errors": errors,
+                    "unanswered": st.unanswered,
+                    "latency_ms": {"p50": ms(&h, 0.5), "p90": ms(&h, 0.9), "p99": ms(&h, 0.99),
+                                   "max": h.max() as f64 / 1000.0},
+                    "server_cpu_share": server,
+                    "client_cpu_share": client,
+                    "server_rss_bytes": st.server_after.get("process_resident_memory_bytes"),
+                    "slo": match &st.verdict {
+                        None => Value::Null,
+                        Some(Ok(())) => json!({"held": true}),
+                        Some(Err(why)) => json!({"held": false, "broken_by": why}),
+                    },
+                })
+            })
+            .collect()
     }
 
     pub fn json(&self, slo: Option<&Slo>) -> Value {
-        let server: serde_json::Map<String, Value> = SERVER
+        let mut server: serde_json::Map<String, Value> = SERVER
             .iter()
             .map(|(k, _)| (k.to_string(), json!(self.server_delta(k))))
             .collect();
-        let mut server = server;
+        for (k, _) in GAUGES {
+            if let Some(v) = self.server_after.get(*k) {
+                server.insert(format!("{k}_after"), json!(v));
+            }
+        }
         if let Some(rss) = self.server_after.get("process_resident_memory_bytes") {
             server.insert("resident_memory_bytes_after".into(), json!(rss));
         }
+        server.insert("cpu_share".into(), json!(self.server_cpu_share()));
         let mut v = json!({
             "scenario": self.scenario,
             "target": self.target,
             "interrupted": self.interrupted,
             "client": self.recorder.json(self.elapsed),
+            "client_cpu_seconds": self.client_cpu,
+            "client_cpus": self.client_cpus,
+            "http_requests": self.recorder.http_requests(),
+            "ws_connects": self.ws_connects,
             "server": server,
         });
+        if !self.steps.is_empty() {
+            v["steps"] = json!(self.steps_json());
+        }
+        if let Some(c) = &self.capacity {
+            v["capacity"] = json!({
+                "held_rate": c.held,
+                "broke_at": c.broke.as_ref().map(|(r, why)| json!({"rate": r, "why": why})),
+                "saturated": c.saturated,
+            });
+        }
         if let Some(slo) = slo {
             v["slo"] = match self.slo_verdict(slo) {
                 Ok(()) => json!({"held": true}),
@@ -84,35 +163,106 @@ impl Report {
         );
         out.push_str("| action | requests | errors | req/s | MB/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        if let Some(actions) = j["actions"].as_object() {
-            for (name, a) in actions {
-                let l = &a["latency_ms"];
-                let errors: u64 = a["errors"]
-                    .as_object()
-                    .map(|m| m.values().filter_map(Value::as_u64).sum())
-                    .unwrap_or(0);
-                out.push_str(&format!(
-                    "| {name} | {} | {errors} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
-                    a["requests"],
-                    a["requests_per_s"].as_f64().unwrap_or(0.0),
-                    a["mb_per_s"].as_f64().unwrap_or(0.0),
-                    l["p50"].as_f64().unwrap_or(0.0),
-                    l["p90"].as_f64().unwrap_or(0.0),
-                    l["p99"].as_f64().unwrap_or(0.0),
-                    l["p99.9"].as_f64().unwrap_or(0.0),
-                    l["max"].as_f64().unwrap_or(0.0),
+        let mut notes = Vec::new();
+        for (name, a) in &self.recorder.actions {
+            let secs = self.elapsed.as_secs_f64().max(1e-9);
+            let l = &a.latency;
+            out.push_str(&format!(
+                "| {name} | {} | {} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+                a.requests(),
+                a.error_count(),
+                a.requests() as f64 / secs,
+                (a.bytes_sent + a.bytes_received) as f64 / secs / 1e6,
+                ms(l, 0.5),
+                ms(l, 0.9),
+                ms(l, 0.99),
+                ms(l, 0.999),
+                l.max() as f64 / 1000.0,
+            ));
+            if !a.errors.is_empty() {
+                let kinds: Vec<String> = a.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                notes.push(format!("- {name} errors: {}", kinds.join(", ")));
+            }
+            if a.resumes > 0 {
+                notes.push(format!(
+                    "- {name}: {} interrupted transfers resumed",
+                    a.resumes
                 ));
             }
+            if a.file_bytes > a.bytes_sent && a.bytes_sent > 0 {
+                notes.push(format!(
+                    "- {name}: {:.1} MB of files sent as {:.1} MB ({:.0}% skipped by dedup)",
+                    a.file_bytes as f64 / 1e6,
+                    a.bytes_sent as f64 / 1e6,
+                    100.0 * (1.0 - a.bytes_sent as f64 / a.file_bytes as f64)
+                ));
+            }
+        }
+        if !notes.is_empty() {
+            out.push('\n');
+            out.push_str(&notes.join("\n"));
+            out.push('\n');
+        }
+        if !self.steps.is_empty() {
+            out.push_str("\nSteps:\n\n| offered /s | achieved /s | errors | p50 ms | p99 ms | server CPU | client CPU | SLO |\n|---:|---:|---:|---:|---:|---:|---:|---|\n");
+            for s in self.steps_json() {
+                let l = &s["latency_ms"];
+                out.push_str(&format!(
+                    "| {:.0} | {:.1} | {} | {:.1} | {:.1} | {:.0}% | {:.0}% | {} |\n",
+                    s["rate"].as_f64().unwrap_or(0.0),
+                    s["achieved_per_s"].as_f64().unwrap_or(0.0),
+                    s["errors"],
+                    l["p50"].as_f64().unwrap_or(0.0),
+                    l["p99"].as_f64().unwrap_or(0.0),
+                    100.0 * s["server_cpu_share"].as_f64().unwrap_or(0.0),
+                    100.0 * s["client_cpu_share"].as_f64().unwrap_or(0.0),
+                    match s["slo"]["held"].as_bool() {
+                        Some(true) => "held".to_string(),
+                        Some(false) =>
+                            format!("broken: {}", s["slo"]["broken_by"].as_str().unwrap_or("")),
+                        None => "-".to_string(),
+                    }
+                ));
+            }
+        }
+        if let Some(c) = &self.capacity {
+            out.push_str(&format!(
+                "\nCapacity: **{}**{}. Saturated first: {}.\n",
+                match c.held {
+                    Some(r) => format!("{r:.0} arrivals/s held the SLO"),
+                    None => "no step held the SLO".to_string(),
+                },
+                match &c.broke {
+                    Some((r, why)) => format!("; {r:.0}/s broke it ({why})"),
+                    None => "; no step broke it (raise load.steps.until)".to_string(),
+                },
+                c.saturated
+            ));
         }
         out.push_str("\nServer (`/metrics`, increase over the run):\n\n");
         for (k, what) in SERVER {
             out.push_str(&format!("- {what}: {}\n", self.server_delta(k)));
         }
+        out.push_str(&format!(
+            "- server CPU: {:.0}% of its {} cores; the load generator's: {:.0}% of {}\n",
+            100.0 * self.server_cpu_share(),
+            self.server_after
+                .get("process_cpus")
+                .copied()
+                .unwrap_or(0.0),
+            100.0 * self.client_cpu / self.elapsed.as_secs_f64().max(1e-9) / self.client_cpus,
+            self.client_cpus
+        ));
         if let Some(rss) = self.server_after.get("process_resident_memory_bytes") {
             out.push_str(&format!(
                 "- server resident memory after the run: {:.0} MiB\n",
                 rss / (1 << 20) as f64
             ));
+        }
+        for (k, what) in GAUGES {
+            if let Some(v) = self.server_after.get(*k) {
+                out.push_str(&format!("- {what}: {v}\n"));
+            }
         }
         if let Some(slo) = slo {
             out.push_str(&match self.slo_verdict(slo) {
@@ -120,7 +270,7 @@ impl Report {
                     "\nSLO (p99 < {} ms, error rate < {}): **held**.\n",
                     slo.p99_ms, slo.error_rate
                 ),
-                Err(why) => format!("\nSLO: **broken** ({why}).\n"),
+                Err(why) => format!("\nSLO over the whole run: **broken** ({why}).\n"),
             });
         }
         out

@@ -47,6 +47,17 @@ pub struct Scenario {
 pub struct Users {
     /// Accounts registered before the load starts (not measured).
     pub count: u32,
+    /// Each account's seed file (uploaded at set-up, what downloads read).
+    #[serde(default = "seed_size")]
+    pub seed_size: ByteSize,
+    /// WebSocket subscribers per account: each receives the account's events, and the
+    /// delay from an upload's answer to its `file.uploaded` on every socket is measured.
+    #[serde(default)]
+    pub subscribers: u32,
+}
+
+fn seed_size() -> ByteSize {
+    ByteSize(256 << 10)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -81,6 +92,25 @@ pub struct Load {
     /// (`client_saturated`) rather than delayed (which would hide latency).
     #[serde(default = "max_in_flight")]
     pub max_in_flight: u32,
+    /// Open: a step profile instead of steady `rate` — `rate` first, `add` more every
+    /// `every`, up to `until`; with `search` (or `--capacity`) the run stops at the first
+    /// step that breaks the SLO and reports the last that held.
+    #[serde(default)]
+    pub steps: Option<Steps>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Steps {
+    /// Arrivals per second added at each step.
+    pub add: f64,
+    /// How long each step lasts.
+    pub every: Duration,
+    /// The last step's rate at most.
+    pub until: f64,
+    /// Capacity search: stop at the first step that breaks `[slo]`.
+    #[serde(default)]
+    pub search: bool,
 }
 
 fn zero() -> Duration {
@@ -142,6 +172,51 @@ pub enum Action {
     List { weight: u32 },
     /// `POST /auth/login`.
     Login { weight: u32 },
+    /// A tus 1.0 upload: create, then `PATCH`es of `chunk` bytes. With probability
+    /// `interrupt` one `PATCH` is cut off part-way (the connection dropped, as on a phone);
+    /// the client asks `HEAD` for the durable offset and resumes from there. Measured from
+    /// the create to the last byte acknowledged.
+    TusUpload {
+        weight: u32,
+        size: Size,
+        #[serde(default = "tus_chunk")]
+        chunk: ByteSize,
+        #[serde(default)]
+        interrupt: f64,
+    },
+    /// `POST /api/files/share` of one of the user's files with another user of the
+    /// population (read), then that user's `GET` of its record.
+    Share { weight: u32 },
+    /// `GET /api/files/{id}/content?transform=ops` of the user's seed image (a 1024x768
+    /// PNG uploaded at set-up). `{n}` in `ops` is replaced by a number from 100 to 163 at
+    /// each request: results that mostly miss the cache; without it the same result, which
+    /// hits it after the first request.
+    Transform { weight: u32, ops: String },
+    /// `POST /api/files/download {"url"}` and the job followed until it ends (polled every
+    /// 50 ms). The *server* fetches `url` (it must allow that address: `downloader.allow`);
+    /// this harness contacts only the target.
+    Import { weight: u32, url: String },
+    /// gRPC `FilesService/Upload` (the bulk API). `dedup_aware`: chunks announced and only
+    /// the asked-for ones sent; `duplicate`: the share of the content that repeats what the
+    /// user uploaded at set-up (backups, re-uploads). One stream per request.
+    GrpcUpload {
+        weight: u32,
+        size: Size,
+        #[serde(default = "yes")]
+        dedup_aware: bool,
+        #[serde(default)]
+        duplicate: f64,
+    },
+    /// gRPC `FilesService/Download` of one of the user's files, whole.
+    GrpcDownload { weight: u32 },
+}
+
+fn tus_chunk() -> ByteSize {
+    ByteSize(1 << 20)
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Action {
@@ -150,7 +225,13 @@ impl Action {
             Action::Upload { weight, .. }
             | Action::Download { weight, .. }
             | Action::List { weight }
-            | Action::Login { weight } => *weight,
+            | Action::Login { weight }
+            | Action::TusUpload { weight, .. }
+            | Action::Share { weight }
+            | Action::Transform { weight, .. }
+            | Action::Import { weight, .. }
+            | Action::GrpcUpload { weight, .. }
+            | Action::GrpcDownload { weight } => *weight,
         }
     }
 
@@ -161,7 +242,30 @@ impl Action {
             Action::Download { range: true, .. } => "download_range",
             Action::List { .. } => "list",
             Action::Login { .. } => "login",
+            Action::TusUpload { .. } => "tus_upload",
+            Action::Share { .. } => "share",
+            Action::Transform { ops, .. } if ops.contains("{n}") => "transform_varied",
+            Action::Transform { .. } => "transform",
+            Action::Import { .. } => "import",
+            Action::GrpcUpload { .. } => "grpc_upload",
+            Action::GrpcDownload { .. } => "grpc_download",
         }
+    }
+
+    /// Whether it needs the gRPC address.
+    pub fn grpc(&self) -> bool {
+        matches!(
+            self,
+            Action::GrpcUpload { .. } | Action::GrpcDownload { .. }
+        )
+    }
+
+    /// Whether it uploads a new file (each one a `file.uploaded` event).
+    pub fn uploads(&self) -> bool {
+        matches!(
+            self,
+            Action::Upload { .. } | Action::TusUpload { .. } | Action::GrpcUpload { .. }
+        )
     }
 }
 
@@ -219,7 +323,10 @@ impl Scenario {
             if a.weight() == 0 {
                 return bad(&format!("actions[{i}].weight"), "above 0");
             }
-            if let Action::Upload { size, .. } = a {
+            if let Action::Upload { size, .. }
+            | Action::TusUpload { size, .. }
+            | Action::GrpcUpload { size, .. } = a
+            {
                 let ok = match size {
                     Size::Fixed { .. } => true,
                     Size::Uniform { min, max } => min.0 <= max.0,
@@ -233,6 +340,54 @@ impl Scenario {
                         "min <= max, median <= max, 0 <= sigma <= 10",
                     );
                 }
+            }
+        }
+        if let Some(st) = &l.steps {
+            if l.mode != Mode::Open {
+                return bad("load.steps", "only with mode = \"open\"");
+            }
+            let ok = st.add > 0.0 && st.until >= l.rate && st.until <= 1_000_000.0;
+            if !ok {
+                return bad("load.steps", "add above 0, until at least load.rate");
+            }
+            if st.every.0.is_zero() || st.every.0 > l.duration.0 {
+                return bad("load.steps.every", "above 0s, at most load.duration");
+            }
+            if st.search && self.slo.is_none() {
+                return bad("load.steps.search", "needs an [slo] to search against");
+            }
+        }
+        if self.users.subscribers > 64 {
+            return bad("users.subscribers", "at most 64 sockets per user");
+        }
+        if self.users.seed_size.0 == 0 || self.users.seed_size.0 > 1 << 30 {
+            return bad("users.seed_size", "1 byte to 1GiB");
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            let field = |f: &str| format!("actions[{i}].{f}");
+            match a {
+                Action::TusUpload {
+                    chunk, interrupt, ..
+                } => {
+                    if chunk.0 == 0 || chunk.0 > 1 << 30 {
+                        return bad(&field("chunk"), "1 byte to 1GiB");
+                    }
+                    if !(0.0..=1.0).contains(interrupt) {
+                        return bad(&field("interrupt"), "a probability, 0 to 1");
+                    }
+                }
+                Action::GrpcUpload { duplicate, .. } if !(0.0..=1.0).contains(duplicate) => {
+                    return bad(&field("duplicate"), "a share, 0 to 1");
+                }
+                Action::Transform { ops, .. } if ops.trim().is_empty() => {
+                    return bad(&field("ops"), "the operations, e.g. \"resize:w=320\"");
+                }
+                Action::Import { url, .. }
+                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                {
+                    return bad(&field("url"), "an http:// or https:// URL");
+                }
+                _ => {}
             }
         }
         if let Some(s) = &self.slo
@@ -277,6 +432,21 @@ range = true
         };
         assert_eq!(size.pick(0.5, 0.0), 64 << 10);
         assert_eq!(size.pick(0.5, 10.0), 1 << 20, "cut at max");
+        assert_eq!(s.users.seed_size.0, 256 << 10);
+        assert_eq!(s.users.subscribers, 0);
+    }
+
+    #[test]
+    fn every_scenario_shipped_parses() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).unwrap() {
+            let path = e.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            Scenario::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 5);
     }
 
     #[test]
@@ -307,6 +477,30 @@ range = true
                 "actions[0].size",
             ),
             ("name = ".to_string(), "line 1"),
+            (
+                GOOD.replace(
+                    "duration = \"2s\"",
+                    "duration = \"2s\"\nsteps = { add = 5, every = \"1s\", until = 20, search = true }",
+                ),
+                "load.steps.search",
+            ),
+            (
+                GOOD.replace("duration = \"2s\"", "duration = \"2s\"\nsteps = { add = 5 }"),
+                "missing field `every`",
+            ),
+            (
+                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"tus_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\ninterrupt = 2.0"),
+                "actions[2].interrupt",
+            ),
+            (
+                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"grpc_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\nduplicate = -1"),
+                "actions[2].duplicate",
+            ),
+            (
+                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"import\"\nweight = 1\nurl = \"ftp://x\""),
+                "actions[2].url",
+            ),
+            (GOOD.replace("count = 2", "count = 2\nsubscribers = 100"), "users.subscribers"),
         ] {
             let e = Scenario::parse(&text).unwrap_err();
             assert!(e.contains(says), "{says}: {e}");

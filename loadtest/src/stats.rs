@@ -25,8 +25,15 @@ pub struct ActionStats {
     pub latency: Histogram<u64>,
     pub ok: u64,
     pub errors: BTreeMap<String, u64>,
+    /// Bytes on the wire (bodies, gRPC payloads).
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Size of the files uploaded (more than `bytes_sent` when dedup skipped chunks).
+    pub file_bytes: u64,
+    /// HTTP requests made (a tus upload makes several; gRPC calls are not counted here).
+    pub http_requests: u64,
+    /// Interrupted transfers resumed.
+    pub resumes: u64,
 }
 
 impl Default for ActionStats {
@@ -37,63 +44,118 @@ impl Default for ActionStats {
             errors: BTreeMap::new(),
             bytes_sent: 0,
             bytes_received: 0,
+            file_bytes: 0,
+            http_requests: 0,
+            resumes: 0,
         }
     }
 }
 
+impl ActionStats {
+    pub fn requests(&self) -> u64 {
+        self.latency.len()
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
 /// How one request went.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     /// `None`: success; else the kind of error (`http_503`, `timeout`, `connect`, ...).
     pub error: Option<String>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    pub file_bytes: u64,
+    pub http_requests: u32,
+    pub resumes: u32,
+}
+
+/// One second of a run (by completion time).
+#[derive(Debug)]
+pub struct Second {
+    pub requests: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    pub latency: Histogram<u64>,
 }
 
 /// Everything measured in a run.
 #[derive(Debug, Default)]
 pub struct Recorder {
     pub actions: BTreeMap<&'static str, ActionStats>,
-    /// Per second since the start: completed requests, errors, and their latencies.
-    pub seconds: Vec<(u64, u64, Histogram<u64>)>,
+    /// Per second since the start (by completion).
+    pub seconds: Vec<Second>,
+    /// With a step profile: each step's numbers (by when requests were due), and how long
+    /// a step lasts.
+    pub steps: Vec<BTreeMap<&'static str, ActionStats>>,
+    pub step_every: Option<Duration>,
+    /// With steps: requests issued per step (those not recorded yet are in flight).
+    pub issued: Vec<u64>,
 }
 
 impl Recorder {
+    /// A recorder that also keeps each step of `every` apart.
+    pub fn with_steps(every: Duration) -> Recorder {
+        Recorder {
+            step_every: Some(every),
+            ..Recorder::default()
+        }
+    }
+
     /// Record a request due at `due` and finished at `done` (both since the run's start).
     pub fn record(&mut self, action: &'static str, due: Duration, done: Duration, o: &Outcome) {
         let micros = done.saturating_sub(due).as_micros().clamp(1, 600_000_000) as u64;
-        let a = self.actions.entry(action).or_default();
-        let _ = a.latency.record(micros);
-        a.bytes_sent += o.bytes_sent;
-        a.bytes_received += o.bytes_received;
+        add(self.actions.entry(action).or_default(), micros, o);
+        if let Some(every) = self.step_every {
+            let k = (due.as_secs_f64() / every.as_secs_f64()) as usize;
+            while self.steps.len() <= k {
+                self.steps.push(BTreeMap::new());
+            }
+            add(self.steps[k].entry(action).or_default(), micros, o);
+        }
         let second = done.as_secs() as usize;
         while self.seconds.len() <= second {
-            self.seconds.push((0, 0, histogram()));
+            self.seconds.push(Second {
+                requests: 0,
+                errors: 0,
+                bytes: 0,
+                latency: histogram(),
+            });
         }
         let s = &mut self.seconds[second];
-        s.0 += 1;
-        let _ = s.2.record(micros);
-        match &o.error {
-            None => a.ok += 1,
-            Some(kind) => {
-                *a.errors.entry(kind.clone()).or_default() += 1;
-                s.1 += 1;
-            }
+        s.requests += 1;
+        s.bytes += o.bytes_sent + o.bytes_received;
+        let _ = s.latency.record(micros);
+        if o.error.is_some() {
+            s.errors += 1;
         }
+    }
+
+    /// A request due at `due` was issued (counted per step).
+    pub fn issue(&mut self, due: Duration) {
+        if let Some(every) = self.step_every {
+            let k = (due.as_secs_f64() / every.as_secs_f64()) as usize;
+            if self.issued.len() <= k {
+                self.issued.resize(k + 1, 0);
+            }
+            self.issued[k] += 1;
+        }
+    }
+
+    /// HTTP requests made, over all actions.
+    pub fn http_requests(&self) -> u64 {
+        self.actions.values().map(|a| a.http_requests).sum()
     }
 
     pub fn requests(&self) -> u64 {
-        self.actions
-            .values()
-            .map(|a| a.ok + a.errors.values().sum::<u64>())
-            .sum()
+        self.actions.values().map(ActionStats::requests).sum()
     }
 
     pub fn errors(&self) -> u64 {
-        self.actions
-            .values()
-            .map(|a| a.errors.values().sum::<u64>())
-            .sum()
+        self.actions.values().map(ActionStats::error_count).sum()
     }
 
     /// The numbers as JSON (latencies in milliseconds), over `elapsed`.
@@ -115,6 +177,9 @@ impl Recorder {
                         "mb_per_s": (a.bytes_sent + a.bytes_received) as f64 / secs / 1e6,
                         "bytes_sent": a.bytes_sent,
                         "bytes_received": a.bytes_received,
+                        "file_bytes": a.file_bytes,
+                        "http_requests": a.http_requests,
+                        "resumes": a.resumes,
                         "latency_ms": {
                             "p50": ms(&a.latency, 0.5), "p90": ms(&a.latency, 0.9),
                             "p99": ms(&a.latency, 0.99), "p99.9": ms(&a.latency, 0.999),
@@ -128,9 +193,16 @@ impl Recorder {
             .seconds
             .iter()
             .enumerate()
-            .map(|(t, (n, e, h))| {
-                json!({"second": t, "requests": n, "errors": e,
-                       "p99_ms": if *n > 0 { ms(h, 0.99) } else { 0.0 }})
+            .map(|(t, s)| {
+                let q = |q: f64| {
+                    if s.requests > 0 {
+                        ms(&s.latency, q)
+                    } else {
+                        0.0
+                    }
+                };
+                json!({"second": t, "requests": s.requests, "errors": s.errors,
+                       "mb": s.bytes as f64 / 1e6, "p50_ms": q(0.5), "p99_ms": q(0.99)})
             })
             .collect();
         json!({
@@ -144,15 +216,36 @@ impl Recorder {
     }
 }
 
+fn add(a: &mut ActionStats, micros: u64, o: &Outcome) {
+    let _ = a.latency.record(micros);
+    a.bytes_sent += o.bytes_sent;
+    a.bytes_received += o.bytes_received;
+    a.file_bytes += o.file_bytes;
+    a.http_requests += u64::from(o.http_requests);
+    a.resumes += u64::from(o.resumes);
+    match &o.error {
+        None => a.ok += 1,
+        Some(kind) => *a.errors.entry(kind.clone()).or_default() += 1,
+    }
+}
+
+/// All actions' latencies of a step (or run) together.
+pub fn merged(actions: &BTreeMap<&'static str, ActionStats>) -> Histogram<u64> {
+    let mut h = histogram();
+    for a in actions.values() {
+        let _ = h.add(&a.latency);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ok() -> Outcome {
         Outcome {
-            error: None,
-            bytes_sent: 0,
             bytes_received: 10,
+            ..Outcome::default()
         }
     }
 
@@ -195,8 +288,7 @@ mod tests {
         let mut r = Recorder::default();
         let e = |k: &str| Outcome {
             error: Some(k.into()),
-            bytes_sent: 0,
-            bytes_received: 0,
+            ..Outcome::default()
         };
         r.record("up", Duration::ZERO, Duration::from_millis(5), &ok());
         r.record(
@@ -219,5 +311,19 @@ mod tests {
         );
         assert_eq!((r.requests(), r.errors()), (4, 3));
         assert_eq!(r.actions["up"].errors["http_503"], 2);
+    }
+
+    #[test]
+    fn steps_are_kept_apart_by_due_time() {
+        let mut r = Recorder::with_steps(Duration::from_secs(10));
+        let ms = Duration::from_millis;
+        r.record("get", ms(1_000), ms(1_005), &ok());
+        r.record("get", ms(9_999), ms(10_500), &ok());
+        r.record("get", ms(12_000), ms(12_300), &ok());
+        assert_eq!(r.steps.len(), 2);
+        assert_eq!(r.steps[0]["get"].requests(), 2, "by when it was due");
+        let max = merged(&r.steps[1]).max();
+        assert!((299_000..=301_000).contains(&max), "{max}");
+        assert_eq!(r.seconds[10].requests, 1, "the timeline is by completion");
     }
 }

@@ -146,6 +146,27 @@ pub async fn start_with_gc(
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<Arc<Picker>, String> {
     let picker = start(cfg, db, authz).await?;
+    let every = cfg.picker.stats_interval.0;
+    if !every.is_zero() {
+        let store = picker.engine.store().clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.stats()).await {
+                    Ok(Ok(s)) => record_engine_stats(&s),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "chunk store totals"),
+                    Err(e) => tracing::warn!(error = %e, "chunk store totals task"),
+                }
+            }
+        });
+    }
     let every = cfg.picker.gc_interval.0;
     if !every.is_zero() {
         let engine = picker.engine.clone();
@@ -200,6 +221,20 @@ pub async fn start_with_gc(
         });
     }
     Ok(picker)
+}
+
+/// The chunk store's totals as gauges, with when they were taken.
+fn record_engine_stats(s: &fms_engine::Stats) {
+    metrics::gauge!("engine_files").set(s.files as f64);
+    metrics::gauge!("engine_logical_bytes").set(s.logical_bytes as f64);
+    metrics::gauge!("engine_stored_bytes").set(s.stored_bytes as f64);
+    metrics::gauge!("engine_live_chunk_bytes").set(s.live_chunk_bytes as f64);
+    metrics::gauge!("engine_dead_bytes").set(s.dead_bytes as f64);
+    metrics::gauge!("engine_dedup_ratio").set(s.dedup_ratio);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("engine_stats_timestamp_seconds").set(now);
 }
 
 /// Open the store under `cfg.data_dir` and the metadata tables (no background work).

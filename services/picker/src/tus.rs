@@ -415,16 +415,19 @@ async fn create(
         // the upload still exists: the client learns the offset and resumes.
         let checksum = Checksum::parse(&h)?;
         let body = request.into_body();
-        let offset = match write(&p, &row, 0, checksum, body, &mut budget).await {
+        let (offset, file_id) = match write(&p, &row, 0, checksum, body, &mut budget).await {
             Ok(o) => o,
             Err(e) if e.status.is_server_error() => return Err(e),
             Err(e) => {
                 tracing::info!(upload = %row.id, error = %e.message, "creation-with-upload failed");
-                acknowledged(&p, &row).await.unwrap_or(0)
+                (acknowledged(&p, &row).await.unwrap_or(0), None)
             }
         };
         if let Ok(v) = HeaderValue::from_str(&offset.to_string()) {
             r.headers_mut().insert("upload-offset", v);
+        }
+        if let Some(v) = file_id.and_then(|f| HeaderValue::from_str(&f).ok()) {
+            r.headers_mut().insert("fms-file-id", v);
         }
     }
     Ok(r)
@@ -584,6 +587,9 @@ async fn create_final(
     if let Ok(v) = HeaderValue::from_str(&stored.row.size.to_string()) {
         r.headers_mut().insert("upload-offset", v);
     }
+    if let Ok(v) = HeaderValue::from_str(&stored.row.id) {
+        r.headers_mut().insert("fms-file-id", v);
+    }
     Ok(r)
 }
 
@@ -638,6 +644,13 @@ async fn status(
     }
     if !is_complete(&row) {
         h.insert("upload-expires", http_date(row.expires_at));
+    }
+    if let Some(v) = row
+        .file_id
+        .as_deref()
+        .and_then(|f| HeaderValue::from_str(f).ok())
+    {
+        h.insert("fms-file-id", v);
     }
     if let Some(c) = row.concat.as_deref()
         && let Ok(v) = HeaderValue::from_str(c)
@@ -729,23 +742,28 @@ async fn append(
             ));
         }
         tracing::debug!(upload = %row.id, "PATCH on a completed upload");
-        return Ok(offset_response(len));
+        return Ok(offset_response(len, row.file_id.as_deref()));
     }
-    let offset = write(&p, &row, offset, checksum, request.into_body(), &mut budget).await?;
-    Ok(offset_response(offset))
+    let (offset, file) =
+        write(&p, &row, offset, checksum, request.into_body(), &mut budget).await?;
+    Ok(offset_response(offset, file.as_deref()))
 }
 
-fn offset_response(offset: u64) -> Response {
+/// `204` with the offset, and the file's id (`Fms-File-Id`) once the upload became one.
+fn offset_response(offset: u64, file_id: Option<&str>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     if let Ok(v) = HeaderValue::from_str(&offset.to_string()) {
         r.headers_mut().insert("upload-offset", v);
+    }
+    if let Some(v) = file_id.and_then(|f| HeaderValue::from_str(f).ok()) {
+        r.headers_mut().insert("fms-file-id", v);
     }
     r
 }
 
 /// Stream `body` into the upload's session from `offset`; complete the upload when its last
-/// byte arrived. Returns the offset acknowledged at the end. The session is free again when
-/// this returns, whatever the outcome.
+/// byte arrived. Returns the offset acknowledged at the end, and the new file's id when the
+/// upload completed. The session is free again when this returns, whatever the outcome.
 async fn write(
     p: &Picker,
     row: &UploadRow,
@@ -753,7 +771,7 @@ async fn write(
     checksum: Option<Checksum>,
     body: Body,
     budget: &mut Budget,
-) -> Result<u64, ApiError> {
+) -> Result<(u64, Option<String>), ApiError> {
     let session = session_of(row)?;
     let (mut app, _) = p
         .engine
@@ -761,12 +779,14 @@ async fn write(
         .await
         .map_err(engine_error)?;
     let timing = p.write_cost.begin();
+    let mut file_id = None;
     let (at, new_bytes) = match stream_into(p, row, offset, checksum, body, budget, &mut app).await
     {
         Ok(Ending::Acknowledge) => app.close().await.map_err(ApiError::internal)?,
         Ok(Ending::Complete(at)) => {
             let mut new_bytes = 0;
-            complete(p, row, app, budget, None, Some(&mut new_bytes)).await?;
+            let stored = complete(p, row, app, budget, None, Some(&mut new_bytes)).await?;
+            file_id = stored.map(|s| s.row.id);
             (at, new_bytes)
         }
         Ok(Ending::KeepAndFail(e)) => {
@@ -788,7 +808,7 @@ async fn write(
     if new_bytes < bytes {
         tokio::time::sleep(p.write_cost.pad(bytes, timing.elapsed())).await;
     }
-    Ok(at)
+    Ok((at, file_id))
 }
 
 /// How a PATCH body ended.
@@ -1027,7 +1047,7 @@ const CORS_ALLOW_HEADERS: &str = "authorization, content-type, tus-resumable, up
     upload-defer-length, upload-metadata, upload-offset, upload-checksum, upload-concat, \
     x-http-method-override, x-requested-with, range, if-none-match, if-range";
 /// Response headers a browser lets cross-origin scripts read.
-const CORS_EXPOSE_HEADERS: &str = "location, tus-resumable, tus-version, tus-extension, \
+const CORS_EXPOSE_HEADERS: &str = "location, fms-file-id, tus-resumable, tus-version, tus-extension, \
     tus-max-size, tus-checksum-algorithm, upload-offset, upload-length, upload-defer-length, \
     upload-metadata, upload-expires, content-range, content-disposition, etag, retry-after";
 const CORS_METHODS: &str = "GET, HEAD, POST, PATCH, DELETE, OPTIONS";

@@ -265,6 +265,10 @@ pub struct PickerConfig {
     /// How often the chunk store is garbage-collected (expired upload sessions, packs
     /// with much dead data compacted); 0s: never (run `fms admin gc`).
     pub gc_interval: Duration,
+    /// How often the chunk store's totals (`engine_*` gauges: files, logical and stored
+    /// bytes, dedup ratio) are recomputed — a scan of the index on a blocking thread, about
+    /// 1 s per few million chunks; 0s: never.
+    pub stats_interval: Duration,
     /// A resumable (tus) upload not completed within this of its creation expires: 410,
     /// its bytes reclaimed (`Upload-Expires` says when).
     pub upload_expiry: Duration,
@@ -297,6 +301,7 @@ impl Default for PickerConfig {
             permission_url: String::new(),
             notification_url: String::new(),
             gc_interval: Duration(std::time::Duration::from_secs(600)),
+            stats_interval: Duration(std::time::Duration::from_secs(30)),
             reconcile_grace: Duration(std::time::Duration::from_secs(600)),
             upload_expiry: Duration(std::time::Duration::from_secs(24 * 3600)),
             cors_origins: Vec::new(),

@@ -53,7 +53,7 @@ pub fn app(service: Service, routes: Router) -> Router {
         .route("/metrics", get(metrics_text));
     // A gRPC-only service has no routes of its own (axum refuses a route layer then).
     let routes = if routes.has_routes() {
-        routes.route_layer(middleware::from_fn(tag_route))
+        routes.route_layer(middleware::from_fn_with_state(name, tag_route))
     } else {
         routes
     };
@@ -118,16 +118,51 @@ async fn metrics_text() -> Response {
 #[derive(Clone)]
 struct RouteLabel(String);
 
-async fn tag_route(req: Request, next: Next) -> Response {
+async fn tag_route(State(service): State<&'static str>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_string());
+    let mut gone = ClientGone {
+        service,
+        route: route.clone(),
+        method: req.method().to_string(),
+        answered: false,
+    };
     let mut resp = next.run(req).await;
+    gone.answered = true;
     if let Some(r) = route {
         resp.extensions_mut().insert(RouteLabel(r));
     }
     resp
+}
+
+/// A request whose client went away before the answer (the connection dropped mid-upload,
+/// a timeout on the client's side) never reaches [`observe`]'s count: it is counted here,
+/// when its handler is dropped, with status `499` (as nginx logs it).
+struct ClientGone {
+    service: &'static str,
+    route: Option<String>,
+    method: String,
+    answered: bool,
+}
+
+impl Drop for ClientGone {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let labels = [
+            ("service", self.service.to_string()),
+            (
+                "route",
+                self.route.take().unwrap_or_else(|| "unmatched".into()),
+            ),
+            ("method", std::mem::take(&mut self.method)),
+            ("status", "499".to_string()),
+        ];
+        ::metrics::counter!("http_requests_total", &labels).increment(1);
+    }
 }
 
 /// Decrements the in-flight gauge however the request ends (also when it is cancelled).

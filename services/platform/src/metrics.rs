@@ -55,6 +55,11 @@ fn record_process() {
     {
         metrics::gauge!("process_resident_memory_bytes").set(kib * 1024.0);
     }
+    // The CPUs this process may run on (affinity and cgroup quota included): what CPU
+    // seconds per second are measured against.
+    if let Ok(n) = std::thread::available_parallelism() {
+        metrics::gauge!("process_cpus").set(n.get() as f64);
+    }
 }
 
 /// The current metrics in Prometheus text format.
