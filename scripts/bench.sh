@@ -13,7 +13,8 @@ cargo build --quiet -p fms-bench -p fms
 # rustus, `scripts/bench.sh import [--size-mib N] [--runs N]` imports from a loopback HTTP
 # server against curl of the same URL (needs curl), `scripts/bench.sh transform [--images N]
 # [--pages N]` thumbnails against vipsthumbnail and OCR against the tesseract command,
-# `scripts/bench.sh loadtest [--seconds N] [--connections N]` fms-loadtest against wrk and k6;
+# `scripts/bench.sh loadtest [--seconds N] [--connections N]` fms-loadtest against wrk and k6,
+# `scripts/bench.sh capacity [SCENARIO] [--out DIR]` a scenario against a fresh fms serve;
 # anything else is the engine benchmark.
 if [ "${1:-}" = permission ]; then
     # A throwaway PostgreSQL for the PostgreSQL backend (stopped when this script exits).
@@ -57,6 +58,11 @@ if [ "${1:-}" = loadtest ]; then
     # fms-loadtest against wrk and k6 on the same endpoint.
     shift
     exec loadtest/compare.sh "$@"
+fi
+if [ "${1:-}" = capacity ]; then
+    # A scenario (default: the mixed-web capacity search) against a fresh fms serve.
+    shift
+    exec loadtest/capacity.sh "$@"
 fi
 if [ "${1:-}" = auth ]; then
     shift

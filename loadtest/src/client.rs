@@ -9,11 +9,11 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::grpc::Grpc;
 use crate::scenario::{Action, Size};
-use crate::stats::Outcome;
+use crate::stats::{Outcome, Recorder};
 use crate::ws::Events;
 
 pub const PASSWORD: &str = "load test password 1";
@@ -41,7 +41,24 @@ pub struct Session {
     pub users: Vec<Arc<Mutex<User>>>,
     /// Set when the scenario has WebSocket subscribers.
     pub events: Option<Arc<Events>>,
-    pub start: Instant,
+    /// The run's clock (started when the load starts, after the set-up).
+    pub clock: Arc<Clock>,
+    /// Where a session's steps are recorded.
+    pub recorder: Arc<Mutex<Recorder>>,
+}
+
+/// The run's start, set once the set-up is over; until then time stands at 0.
+#[derive(Debug, Default)]
+pub struct Clock(std::sync::OnceLock<Instant>);
+
+impl Clock {
+    pub fn start(&self, at: Instant) {
+        let _ = self.0.set(at);
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.0.get().map_or(Duration::ZERO, Instant::elapsed)
+    }
 }
 
 /// The kind of a failed request, as the report counts it.
@@ -110,8 +127,8 @@ pub fn pick_size(size: &Size, rng: &mut SmallRng) -> u64 {
     size.pick(u, z)
 }
 
-/// A body-less answer's outcome: the status checked, the body read and counted.
-async fn finish(o: &mut Outcome, r: Result<reqwest::Response, reqwest::Error>) -> Option<Value> {
+/// An answer's outcome: the status checked, the body read and counted (not parsed).
+async fn finish(o: &mut Outcome, r: Result<reqwest::Response, reqwest::Error>) -> Option<Bytes> {
     let r = match r.and_then(reqwest::Response::error_for_status) {
         Ok(r) => r,
         Err(e) => {
@@ -122,13 +139,18 @@ async fn finish(o: &mut Outcome, r: Result<reqwest::Response, reqwest::Error>) -
     match r.bytes().await {
         Ok(b) => {
             o.bytes_received += b.len() as u64;
-            serde_json::from_slice(&b).ok().or(Some(Value::Null))
+            Some(b)
         }
         Err(e) => {
             o.error = Some(error_kind(&e));
             None
         }
     }
+}
+
+/// A JSON answer (`Null` if it is not JSON).
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap_or(Value::Null)
 }
 
 /// Log in as `name`: (token, lifetime).
@@ -156,7 +178,7 @@ impl Session {
     /// request counts towards the action that needed it).
     async fn token(&self, u: &Mutex<User>, o: &mut Outcome) -> Result<String, String> {
         let (name, token, fresh) = {
-            let u = u.lock().await;
+            let u = u.lock().unwrap_or_else(|e| e.into_inner());
             let fresh = u.token_at.elapsed() + Duration::from_secs(60) < u.ttl;
             (u.name.clone(), u.token.clone(), fresh)
         };
@@ -167,7 +189,7 @@ impl Session {
         match login(&self.http, &self.target, &name).await {
             Ok((token, ttl, n)) => {
                 o.bytes_received += n as u64;
-                let mut u = u.lock().await;
+                let mut u = u.lock().unwrap_or_else(|e| e.into_inner());
                 u.token = token.clone();
                 u.token_at = Instant::now();
                 u.ttl = ttl;
@@ -186,14 +208,14 @@ impl Session {
     /// A new file of `user`: kept for later downloads, and expected on its sockets.
     async fn uploaded(&self, user: &Mutex<User>, id: &str) {
         let index = {
-            let mut u = user.lock().await;
+            let mut u = user.lock().unwrap_or_else(|e| e.into_inner());
             if u.files.len() < 64 {
                 u.files.push(id.to_string());
             }
             u.index
         };
         if let Some(ev) = &self.events {
-            ev.expect(id, index, self.start.elapsed());
+            ev.expect(id, index, self.clock.elapsed());
         }
     }
 
@@ -201,17 +223,23 @@ impl Session {
     pub async fn act(&self, action: &Action, who: usize, rng: &mut SmallRng) -> Outcome {
         let mut o = Outcome::default();
         let user = &self.users[who];
-        let token = match self.token(user, &mut o).await {
-            Ok(t) => t,
-            Err(kind) => {
-                o.error = Some(kind);
-                return o;
-            }
-        };
-        let (file, name, image) = {
-            let u = user.lock().await;
+        // One look at the user: its token (fresh enough?) and a file to read.
+        let (token, fresh, file, name, image) = {
+            let u = user.lock().unwrap_or_else(|e| e.into_inner());
+            let fresh = u.token_at.elapsed() + Duration::from_secs(60) < u.ttl;
             let f = u.files[rng.random_range(0..u.files.len())].clone();
-            (f, u.name.clone(), u.image.clone())
+            (u.token.clone(), fresh, f, u.name.clone(), u.image.clone())
+        };
+        let token = if fresh {
+            token
+        } else {
+            match self.token(user, &mut o).await {
+                Ok(t) => t,
+                Err(kind) => {
+                    o.error = Some(kind);
+                    return o;
+                }
+            }
         };
         let t = &self.target;
         match action {
@@ -226,7 +254,7 @@ impl Session {
                     .body(body)
                     .send()
                     .await;
-                if let Some(v) = finish(&mut o, r).await {
+                if let Some(v) = finish(&mut o, r).await.map(|b| json_of(&b)) {
                     o.bytes_sent = n as u64;
                     o.file_bytes = n as u64;
                     if let Some(id) = v["id"].as_str() {
@@ -302,7 +330,7 @@ impl Session {
             } => match &self.grpc {
                 Some(g) => {
                     let n = pick_size(size, rng);
-                    let who_index = user.lock().await.index;
+                    let who_index = user.lock().unwrap_or_else(|e| e.into_inner()).index;
                     let plan = crate::grpc::Plan {
                         size: n,
                         dedup_aware: *dedup_aware,
@@ -317,6 +345,36 @@ impl Session {
                 }
                 None => o.error = Some("no_grpc_target".into()),
             },
+            Action::Register { .. } => {
+                let body = json!({
+                    "username": format!("ltr-{:016x}", rng.next_u64()),
+                    "password": PASSWORD,
+                });
+                o.http_requests += 1;
+                let r = self
+                    .http
+                    .post(format!("{t}/auth/register"))
+                    .json(&body)
+                    .send()
+                    .await;
+                finish(&mut o, r).await;
+            }
+            Action::Session { steps, .. } => {
+                // Each step is recorded on its own (with its requests and bytes); the
+                // session's own outcome carries only its first error.
+                for step in steps {
+                    let due = self.clock.elapsed();
+                    let so = Box::pin(self.act(step, who, rng)).await;
+                    self.recorder
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record(step.name(), due, self.clock.elapsed(), &so);
+                    if so.error.is_some() {
+                        o.error = so.error;
+                        break;
+                    }
+                }
+            }
             Action::GrpcDownload { .. } => match &self.grpc {
                 Some(g) => {
                     if let Err(kind) = g.download(&token, &file, &mut o).await {
@@ -500,7 +558,11 @@ impl Session {
             return;
         }
         let other = (who + rng.random_range(1..self.users.len())) % self.users.len();
-        let other_name = self.users[other].lock().await.name.clone();
+        let other_name = self.users[other]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .name
+            .clone();
         let t = &self.target;
         o.http_requests += 1;
         let r = self
@@ -528,7 +590,7 @@ impl Session {
             .send()
             .await;
         if finish(o, r).await.is_some() {
-            let mut u = self.users[other].lock().await;
+            let mut u = self.users[other].lock().unwrap_or_else(|e| e.into_inner());
             if u.files.len() < 64 && !u.files.iter().any(|f| f == file) {
                 u.files.push(file.to_string());
             }
@@ -546,7 +608,7 @@ impl Session {
             .json(&json!({"url": url}))
             .send()
             .await;
-        let Some(job) = finish(o, r).await else {
+        let Some(job) = finish(o, r).await.map(|b| json_of(&b)) else {
             return;
         };
         let Some(id) = job["id"].as_str() else {
@@ -563,7 +625,7 @@ impl Session {
                 .bearer_auth(token)
                 .send()
                 .await;
-            let Some(v) = finish(o, r).await else {
+            let Some(v) = finish(o, r).await.map(|b| json_of(&b)) else {
                 return;
             };
             match v["state"].as_str() {

@@ -267,10 +267,27 @@ impl Report {
         if let Some(slo) = slo {
             out.push_str(&match self.slo_verdict(slo) {
                 Ok(()) => format!(
-                    "\nSLO (p99 < {} ms, error rate < {}): **held**.\n",
-                    slo.p99_ms, slo.error_rate
+                    "\nSLO (p99 < {} ms{}, error rate < {}) over the whole run{}: **held**.\n",
+                    slo.p99_ms,
+                    slo.p99_ms_for
+                        .iter()
+                        .map(|(a, ms)| format!("; {a} < {ms} ms"))
+                        .collect::<String>(),
+                    slo.error_rate,
+                    if self.steps.is_empty() {
+                        ""
+                    } else {
+                        " (all steps together)"
+                    }
                 ),
-                Err(why) => format!("\nSLO over the whole run: **broken** ({why}).\n"),
+                Err(why) => format!(
+                    "\nSLO over the whole run{}: **broken** ({why}).\n",
+                    if self.steps.is_empty() {
+                        ""
+                    } else {
+                        " (all steps together)"
+                    }
+                ),
             });
         }
         out

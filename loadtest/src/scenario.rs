@@ -23,6 +23,15 @@
 //! error_rate = 0.001
 //! ```
 //!
+//! More: `[users] seed_size = "1KiB"` (each account's seed file), `subscribers = 2`
+//! (WebSockets per account; adds the action `ws_event`); `[load] steps = { add = 50,
+//! every = "20s", until = 2000, search = true }` (a step profile; `search`: the capacity
+//! search), `mode = "closed"` with `virtual_users = 32`, `max_in_flight`; actions
+//! `tus_upload` (`size`, `chunk`, `interrupt`), `share`, `transform` (`ops`, `{n}` varies
+//! it), `import` (`url`), `grpc_upload` (`size`, `dedup_aware`, `duplicate`),
+//! `grpc_download`; `[slo] p99_ms_for = { login = 1000 }` (an action's own bound). Every
+//! field is described on its type below.
+//!
 //! Errors name the line and the field (`toml`'s own report for syntax, unknown fields and
 //! types; `field: why` for values out of range).
 
@@ -161,22 +170,34 @@ impl Size {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// `POST /api/upload` of new random bytes.
-    Upload { weight: u32, size: Size },
+    Upload {
+        #[serde(default = "one")]
+        weight: u32,
+        size: Size,
+    },
     /// `GET /api/files/{id}/content` of one of the user's files (`range`: the first 64 KiB).
     Download {
+        #[serde(default = "one")]
         weight: u32,
         #[serde(default)]
         range: bool,
     },
     /// `GET /api/files?limit=50`.
-    List { weight: u32 },
+    List {
+        #[serde(default = "one")]
+        weight: u32,
+    },
     /// `POST /auth/login`.
-    Login { weight: u32 },
+    Login {
+        #[serde(default = "one")]
+        weight: u32,
+    },
     /// A tus 1.0 upload: create, then `PATCH`es of `chunk` bytes. With probability
     /// `interrupt` one `PATCH` is cut off part-way (the connection dropped, as on a phone);
     /// the client asks `HEAD` for the durable offset and resumes from there. Measured from
     /// the create to the last byte acknowledged.
     TusUpload {
+        #[serde(default = "one")]
         weight: u32,
         size: Size,
         #[serde(default = "tus_chunk")]
@@ -186,20 +207,32 @@ pub enum Action {
     },
     /// `POST /api/files/share` of one of the user's files with another user of the
     /// population (read), then that user's `GET` of its record.
-    Share { weight: u32 },
+    Share {
+        #[serde(default = "one")]
+        weight: u32,
+    },
     /// `GET /api/files/{id}/content?transform=ops` of the user's seed image (a 1024x768
     /// PNG uploaded at set-up). `{n}` in `ops` is replaced by a number from 100 to 163 at
     /// each request: results that mostly miss the cache; without it the same result, which
     /// hits it after the first request.
-    Transform { weight: u32, ops: String },
+    Transform {
+        #[serde(default = "one")]
+        weight: u32,
+        ops: String,
+    },
     /// `POST /api/files/download {"url"}` and the job followed until it ends (polled every
     /// 50 ms). The *server* fetches `url` (it must allow that address: `downloader.allow`);
     /// this harness contacts only the target.
-    Import { weight: u32, url: String },
+    Import {
+        #[serde(default = "one")]
+        weight: u32,
+        url: String,
+    },
     /// gRPC `FilesService/Upload` (the bulk API). `dedup_aware`: chunks announced and only
     /// the asked-for ones sent; `duplicate`: the share of the content that repeats what the
     /// user uploaded at set-up (backups, re-uploads). One stream per request.
     GrpcUpload {
+        #[serde(default = "one")]
         weight: u32,
         size: Size,
         #[serde(default = "yes")]
@@ -207,8 +240,28 @@ pub enum Action {
         #[serde(default)]
         duplicate: f64,
     },
+    /// `POST /auth/register` of a new account (not part of the population).
+    Register {
+        #[serde(default = "one")]
+        weight: u32,
+    },
+    /// A user's visit: `steps` (actions, without weights) one after another as the same
+    /// user, stopping at the first error. Arrivals are sessions per second; the session is
+    /// timed from when it was due to its last step's end, each step on its own as well.
+    Session {
+        #[serde(default = "one")]
+        weight: u32,
+        steps: Vec<Action>,
+    },
     /// gRPC `FilesService/Download` of one of the user's files, whole.
-    GrpcDownload { weight: u32 },
+    GrpcDownload {
+        #[serde(default = "one")]
+        weight: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn tus_chunk() -> ByteSize {
@@ -231,7 +284,9 @@ impl Action {
             | Action::Transform { weight, .. }
             | Action::Import { weight, .. }
             | Action::GrpcUpload { weight, .. }
-            | Action::GrpcDownload { weight } => *weight,
+            | Action::GrpcDownload { weight }
+            | Action::Register { weight }
+            | Action::Session { weight, .. } => *weight,
         }
     }
 
@@ -249,15 +304,25 @@ impl Action {
             Action::Import { .. } => "import",
             Action::GrpcUpload { .. } => "grpc_upload",
             Action::GrpcDownload { .. } => "grpc_download",
+            Action::Register { .. } => "register",
+            Action::Session { .. } => "session",
         }
     }
 
     /// Whether it needs the gRPC address.
     pub fn grpc(&self) -> bool {
-        matches!(
-            self,
-            Action::GrpcUpload { .. } | Action::GrpcDownload { .. }
-        )
+        match self {
+            Action::Session { steps, .. } => steps.iter().any(Action::grpc),
+            a => matches!(a, Action::GrpcUpload { .. } | Action::GrpcDownload { .. }),
+        }
+    }
+
+    /// This action and, for a session, its steps.
+    pub fn all(&self) -> Vec<&Action> {
+        match self {
+            Action::Session { steps, .. } => std::iter::once(self).chain(steps).collect(),
+            a => vec![a],
+        }
     }
 
     /// Whether it uploads a new file (each one a `file.uploaded` event).
@@ -272,10 +337,21 @@ impl Action {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Slo {
-    /// Every action's p99 under this many milliseconds.
+    /// Every action's p99 under this many milliseconds...
     pub p99_ms: f64,
+    /// ...except those named here (action name -> p99 in ms), e.g. `{ login = 1000 }`:
+    /// a password hash is meant to be slow.
+    #[serde(default)]
+    pub p99_ms_for: std::collections::BTreeMap<String, f64>,
     /// Errors / requests under this.
     pub error_rate: f64,
+}
+
+impl Slo {
+    /// The p99 bound of `action`.
+    pub fn p99_for(&self, action: &str) -> f64 {
+        self.p99_ms_for.get(action).copied().unwrap_or(self.p99_ms)
+    }
 }
 
 impl Scenario {
@@ -319,7 +395,12 @@ impl Scenario {
         if self.actions.is_empty() {
             return bad("actions", "at least one [[actions]]");
         }
-        for (i, a) in self.actions.iter().enumerate() {
+        let each = self
+            .actions
+            .iter()
+            .enumerate()
+            .flat_map(|(i, top)| top.all().into_iter().map(move |a| (i, a)));
+        for (i, a) in each {
             if a.weight() == 0 {
                 return bad(&format!("actions[{i}].weight"), "above 0");
             }
@@ -363,37 +444,67 @@ impl Scenario {
         if self.users.seed_size.0 == 0 || self.users.seed_size.0 > 1 << 30 {
             return bad("users.seed_size", "1 byte to 1GiB");
         }
-        for (i, a) in self.actions.iter().enumerate() {
-            let field = |f: &str| format!("actions[{i}].{f}");
-            match a {
-                Action::TusUpload {
-                    chunk, interrupt, ..
-                } => {
-                    if chunk.0 == 0 || chunk.0 > 1 << 30 {
-                        return bad(&field("chunk"), "1 byte to 1GiB");
+        for (i, top) in self.actions.iter().enumerate() {
+            if let Action::Session { steps, .. } = top {
+                if steps.is_empty() || steps.len() > 100 {
+                    return bad(&format!("actions[{i}].steps"), "1 to 100 steps");
+                }
+                if steps.iter().any(|s| matches!(s, Action::Session { .. })) {
+                    return bad(
+                        &format!("actions[{i}].steps"),
+                        "no session inside a session",
+                    );
+                }
+            }
+            for a in top.all() {
+                let field = |f: &str| format!("actions[{i}].{f}");
+                match a {
+                    Action::TusUpload {
+                        chunk, interrupt, ..
+                    } => {
+                        if chunk.0 == 0 || chunk.0 > 1 << 30 {
+                            return bad(&field("chunk"), "1 byte to 1GiB");
+                        }
+                        if !(0.0..=1.0).contains(interrupt) {
+                            return bad(&field("interrupt"), "a probability, 0 to 1");
+                        }
                     }
-                    if !(0.0..=1.0).contains(interrupt) {
-                        return bad(&field("interrupt"), "a probability, 0 to 1");
+                    Action::GrpcUpload { duplicate, .. } if !(0.0..=1.0).contains(duplicate) => {
+                        return bad(&field("duplicate"), "a share, 0 to 1");
                     }
+                    Action::Transform { ops, .. } if ops.trim().is_empty() => {
+                        return bad(&field("ops"), "the operations, e.g. \"resize:w=320\"");
+                    }
+                    Action::Import { url, .. }
+                        if !(url.starts_with("http://") || url.starts_with("https://")) =>
+                    {
+                        return bad(&field("url"), "an http:// or https:// URL");
+                    }
+                    _ => {}
                 }
-                Action::GrpcUpload { duplicate, .. } if !(0.0..=1.0).contains(duplicate) => {
-                    return bad(&field("duplicate"), "a share, 0 to 1");
-                }
-                Action::Transform { ops, .. } if ops.trim().is_empty() => {
-                    return bad(&field("ops"), "the operations, e.g. \"resize:w=320\"");
-                }
-                Action::Import { url, .. }
-                    if !(url.starts_with("http://") || url.starts_with("https://")) =>
-                {
-                    return bad(&field("url"), "an http:// or https:// URL");
-                }
-                _ => {}
             }
         }
-        if let Some(s) = &self.slo
-            && (s.p99_ms <= 0.0 || !(0.0..=1.0).contains(&s.error_rate))
-        {
-            return bad("slo", "p99_ms above 0, error_rate between 0 and 1");
+        if let Some(s) = &self.slo {
+            if s.p99_ms <= 0.0 || !(0.0..=1.0).contains(&s.error_rate) {
+                return bad("slo", "p99_ms above 0, error_rate between 0 and 1");
+            }
+            let known: Vec<&str> = self
+                .actions
+                .iter()
+                .flat_map(Action::all)
+                .map(Action::name)
+                .collect();
+            for (name, ms) in &s.p99_ms_for {
+                if !known.contains(&name.as_str()) && name != crate::ws::ACTION {
+                    return bad(
+                        &format!("slo.p99_ms_for.{name}"),
+                        &format!("not an action of this scenario ({})", known.join(", ")),
+                    );
+                }
+                if *ms <= 0.0 {
+                    return bad(&format!("slo.p99_ms_for.{name}"), "above 0");
+                }
+            }
         }
         Ok(())
     }
@@ -501,6 +612,14 @@ range = true
                 "actions[2].url",
             ),
             (GOOD.replace("count = 2", "count = 2\nsubscribers = 100"), "users.subscribers"),
+            (
+                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"session\"\nsteps = [{ kind = \"session\", steps = [{ kind = \"list\" }] }]"),
+                "no session inside a session",
+            ),
+            (
+                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"session\"\nsteps = [{ kind = \"tus_upload\", size = { dist = \"fixed\", size = \"1KiB\" }, interrupt = 3 }]"),
+                "actions[2].interrupt",
+            ),
         ] {
             let e = Scenario::parse(&text).unwrap_err();
             assert!(e.contains(says), "{says}: {e}");

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::client::Session;
+use crate::client::{Clock, Session};
 use crate::stats::{Outcome, Recorder};
 
 pub const ACTION: &str = "ws_event";
@@ -32,7 +32,7 @@ enum Pending {
 /// What the subscribers are waiting for.
 pub struct Events {
     per_user: u32,
-    start: Instant,
+    clock: Arc<Clock>,
     recorder: Arc<Mutex<Recorder>>,
     pending: Mutex<HashMap<String, Pending>>,
     /// Sockets open now, and (re)connections made.
@@ -42,10 +42,10 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(per_user: u32, start: Instant, recorder: Arc<Mutex<Recorder>>) -> Events {
+    pub fn new(per_user: u32, clock: Arc<Clock>, recorder: Arc<Mutex<Recorder>>) -> Events {
         Events {
             per_user,
-            start,
+            clock,
             recorder,
             pending: Mutex::new(HashMap::new()),
             open: AtomicU64::new(0),
@@ -82,7 +82,7 @@ impl Events {
     }
 
     fn arrived(&self, file: &str) {
-        let now = self.start.elapsed();
+        let now = self.clock.elapsed();
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         match p.get_mut(file) {
             Some(Pending::Answered { at, waiting }) => {
@@ -123,7 +123,7 @@ impl Events {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.stop.store(true, Ordering::Relaxed);
-        let now = self.start.elapsed();
+        let now = self.clock.elapsed();
         let missing: Vec<Duration> = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             p.drain()

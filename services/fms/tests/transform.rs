@@ -770,7 +770,9 @@ async fn expensive_jobs_beyond_capacity() {
     let took = started.elapsed();
     assert_eq!(j["state"], "failed", "{j}");
     assert_eq!(j["error"]["code"], "timeout", "{j}");
-    assert!(took < Duration::from_secs(6), "{took:?}");
+    // The decode of 49 megapixels is one step (not interruptible): the answer comes after
+    // it — a few seconds on a busy 2-core machine, far below the unbounded blur it stops.
+    assert!(took < Duration::from_secs(12), "{took:?}");
 
     // Its thread stops at the next check between steps, then frees its slot.
     let deadline = Instant::now() + Duration::from_secs(20);
