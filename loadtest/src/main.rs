@@ -29,6 +29,11 @@ struct Args {
     /// SLO breaks; report the highest rate that held and what saturated first.
     #[arg(long)]
     capacity: bool,
+    /// Another `/metrics` to read before and after, as NAME=URL (repeatable): each service
+    /// of a split deployment, e.g. --metrics picker=http://10.0.0.7:8080; the report shows
+    /// what each spent (CPU, memory, calls).
+    #[arg(long = "metrics", value_name = "NAME=URL", value_parser = name_url)]
+    metrics: Vec<(String, String)>,
     /// Write SVG charts into this directory.
     #[arg(long)]
     charts: Option<PathBuf>,
@@ -38,6 +43,17 @@ struct Args {
     /// Write the Markdown report here (it is printed either way).
     #[arg(long)]
     markdown: Option<PathBuf>,
+}
+
+fn name_url(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((n, u))
+            if !n.is_empty() && (u.starts_with("http://") || u.starts_with("https://")) =>
+        {
+            Ok((n.to_string(), u.to_string()))
+        }
+        _ => Err("NAME=http://host:port".into()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -75,6 +91,7 @@ fn main() -> ExitCode {
         let target = fms_loadtest::run::Target {
             http: args.target.clone(),
             grpc: args.grpc.clone(),
+            metrics: args.metrics.clone(),
         };
         let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
         fms_loadtest::run::run(&scenario, &target, args.capacity, stop.clone(), move |p| {

@@ -66,6 +66,27 @@ impl Report {
         self.server_delta("process_cpu_seconds_total") / self.elapsed.as_secs_f64().max(1e-9) / cpus
     }
 
+    /// What each `--metrics` service spent: (name, CPU seconds, share of its CPUs, resident
+    /// memory after, HTTP requests + gRPC calls it handled).
+    pub fn service_costs(&self) -> Vec<(String, f64, f64, f64, f64)> {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        self.services
+            .iter()
+            .map(|(name, b, a)| {
+                let d =
+                    |k: &str| a.get(k).copied().unwrap_or(0.0) - b.get(k).copied().unwrap_or(0.0);
+                let cpu = d("process_cpu_seconds_total");
+                let cpus = a.get("process_cpus").copied().unwrap_or(1.0).max(1.0);
+                let rss = a
+                    .get("process_resident_memory_bytes")
+                    .copied()
+                    .unwrap_or(0.0);
+                let calls = d("http_requests_total") + d("grpc_server_handled_total");
+                (name.clone(), cpu, cpu / secs / cpus, rss, calls)
+            })
+            .collect()
+    }
+
     fn steps_json(&self) -> Vec<Value> {
         self.steps
             .iter()
@@ -128,6 +149,20 @@ impl Report {
         });
         if !self.steps.is_empty() {
             v["steps"] = json!(self.steps_json());
+        }
+        if !self.services.is_empty() {
+            v["services"] = self
+                .service_costs()
+                .into_iter()
+                .map(|(name, cpu, share, rss, calls)| {
+                    (
+                        name,
+                        json!({"cpu_seconds": cpu, "cpu_share": share,
+                                  "resident_memory_bytes_after": rss, "calls": calls}),
+                    )
+                })
+                .collect::<serde_json::Map<String, Value>>()
+                .into();
         }
         if let Some(c) = &self.capacity {
             v["capacity"] = json!({
@@ -258,6 +293,23 @@ impl Report {
                 "- server resident memory after the run: {:.0} MiB\n",
                 rss / (1 << 20) as f64
             ));
+        }
+        let costs = self.service_costs();
+        if !costs.is_empty() {
+            out.push_str("\nPer service (`--metrics`):\n\n| service | CPU s | CPU share | memory after MiB | requests + gRPC calls | CPU ms per call |\n|---|---:|---:|---:|---:|---:|\n");
+            for (name, cpu, share, rss, calls) in costs {
+                out.push_str(&format!(
+                    "| {name} | {cpu:.2} | {:.0}% | {:.0} | {calls:.0} | {:.2} |\n",
+                    share * 100.0,
+                    rss / (1 << 20) as f64,
+                    if calls > 0.0 {
+                        cpu * 1000.0 / calls
+                    } else {
+                        0.0
+                    },
+                ));
+            }
+            out.push('\n');
         }
         for (k, what) in GAUGES {
             if let Some(v) = self.server_after.get(*k) {

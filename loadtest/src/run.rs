@@ -27,6 +27,9 @@ pub struct Target {
     pub http: String,
     /// `http://host:port` of the gRPC API (bulk actions only).
     pub grpc: Option<String>,
+    /// More `/metrics` to read before and after (name, `http://host:port`): each service of
+    /// a split deployment, for what each one spent.
+    pub metrics: Vec<(String, String)>,
 }
 
 /// Server counters at a moment.
@@ -77,6 +80,8 @@ pub struct Report {
     pub capacity: Option<Capacity>,
     /// WebSocket (re)connections made, when there were subscribers.
     pub ws_connects: u64,
+    /// The `--metrics` services' counters before and after (name, before, after).
+    pub services: Vec<(String, Scrape, Scrape)>,
     /// The run was stopped early (Ctrl-C).
     pub interrupted: bool,
 }
@@ -338,6 +343,14 @@ pub async fn run(
         }
     }
     let before = scrape(&c, &http_target).await?;
+    let mut services = Vec::new();
+    for (name, url) in &target.metrics {
+        let url = url.trim_end_matches('/');
+        let b = scrape(&c, url)
+            .await
+            .map_err(|e| format!("--metrics {name}: {e}"))?;
+        services.push((name.clone(), b, Scrape::new()));
+    }
     let cpu_before = own_cpu_seconds();
     // The clock starts now (set-up took its time).
     let start = Instant::now();
@@ -563,6 +576,11 @@ pub async fn run(
         t.abort();
     }
     let mut after = scrape(&c, &http_target).await?;
+    for ((_, url), (name, _, a)) in target.metrics.iter().zip(services.iter_mut()) {
+        *a = scrape(&c, url.trim_end_matches('/'))
+            .await
+            .map_err(|e| format!("--metrics {name}: {e}"))?;
+    }
     // The store's totals are recomputed every `picker.stats_interval`: wait (a little) for
     // a set taken after the load.
     let end_wall = std::time::SystemTime::now()
@@ -607,6 +625,7 @@ pub async fn run(
         steps: steps_run,
         capacity,
         ws_connects: events.map_or(0, |e| e.connects.load(Ordering::Relaxed)),
+        services,
         interrupted: stop.load(Ordering::Relaxed),
     })
 }

@@ -31,6 +31,8 @@ fn serve() -> (Proc, Target) {
     let target = Target {
         http: p.http.clone(),
         grpc: p.grpc.clone(),
+        // The same process read as a "service" of its own: the per-service table.
+        metrics: vec![("serve".to_string(), p.http.clone())],
     };
     (p, target)
 }
@@ -97,6 +99,13 @@ async fn smoke_scenario_counts_match_the_server() {
     let v = report.json(s.slo.as_ref());
     assert_eq!(v["client"]["requests"], r.requests());
     assert!(v["client"]["timeline"].as_array().unwrap().len() >= 4);
+    // Per service: what the one process spent, and the calls it handled (HTTP and gRPC).
+    let costs = report.service_costs();
+    assert_eq!(costs.len(), 1);
+    let (name, cpu, _, rss, calls) = &costs[0];
+    assert_eq!(name, "serve");
+    assert!(*cpu > 0.0 && *rss > 0.0);
+    assert!(*calls >= server, "{calls} calls, {server} API requests");
     // Charts.
     let dir = tempfile::tempdir().unwrap();
     let charts = fms_loadtest::chart::write(&report, dir.path()).unwrap();
