@@ -127,9 +127,15 @@ pub fn pick_size(size: &Size, rng: &mut SmallRng) -> u64 {
     size.pick(u, z)
 }
 
-/// An answer's outcome: the status checked, the body read and counted (not parsed).
-async fn finish(o: &mut Outcome, r: Result<reqwest::Response, reqwest::Error>) -> Option<Bytes> {
-    let r = match r.and_then(reqwest::Response::error_for_status) {
+/// Send `req` (one HTTP request, counted) and take its answer: the status checked, the
+/// body read and counted (not parsed).
+async fn call(o: &mut Outcome, req: reqwest::RequestBuilder) -> Option<Bytes> {
+    o.http_requests += 1;
+    let r = match req
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+    {
         Ok(r) => r,
         Err(e) => {
             o.error = Some(error_kind(&e));
@@ -246,15 +252,12 @@ impl Session {
             Action::Upload { size, .. } => {
                 let n = pick_size(size, rng) as usize;
                 let body = content(rng.next_u64(), 0, n);
-                o.http_requests += 1;
                 let r = self
                     .http
                     .post(format!("{t}/api/upload?name=lt.bin"))
                     .bearer_auth(&token)
-                    .body(body)
-                    .send()
-                    .await;
-                if let Some(v) = finish(&mut o, r).await.map(|b| json_of(&b)) {
+                    .body(body);
+                if let Some(v) = call(&mut o, r).await.map(|b| json_of(&b)) {
                     o.bytes_sent = n as u64;
                     o.file_bytes = n as u64;
                     if let Some(id) = v["id"].as_str() {
@@ -270,18 +273,14 @@ impl Session {
                 if *range {
                     req = req.header("range", "bytes=0-65535");
                 }
-                o.http_requests += 1;
-                finish(&mut o, req.send().await).await;
+                call(&mut o, req).await;
             }
             Action::List { .. } => {
-                o.http_requests += 1;
                 let r = self
                     .http
                     .get(format!("{t}/api/files?limit=50"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await;
-                finish(&mut o, r).await;
+                    .bearer_auth(&token);
+                call(&mut o, r).await;
             }
             Action::Login { .. } => {
                 o.http_requests += 1;
@@ -309,17 +308,14 @@ impl Session {
                     return o;
                 };
                 let ops = ops.replace("{n}", &rng.random_range(100..164).to_string());
-                o.http_requests += 1;
                 let r = self
                     .http
                     .get(format!(
                         "{t}/api/files/{image}/content?transform={}",
                         query_escape(&ops)
                     ))
-                    .bearer_auth(&token)
-                    .send()
-                    .await;
-                finish(&mut o, r).await;
+                    .bearer_auth(&token);
+                call(&mut o, r).await;
             }
             Action::Import { url, .. } => self.import(&mut o, &token, url).await,
             Action::GrpcUpload {
@@ -350,14 +346,8 @@ impl Session {
                     "username": format!("ltr-{:016x}", rng.next_u64()),
                     "password": PASSWORD,
                 });
-                o.http_requests += 1;
-                let r = self
-                    .http
-                    .post(format!("{t}/auth/register"))
-                    .json(&body)
-                    .send()
-                    .await;
-                finish(&mut o, r).await;
+                let r = self.http.post(format!("{t}/auth/register")).json(&body);
+                call(&mut o, r).await;
             }
             Action::Session { steps, .. } => {
                 // Each step is recorded on its own (with its requests and bytes); the
@@ -564,15 +554,12 @@ impl Session {
             .name
             .clone();
         let t = &self.target;
-        o.http_requests += 1;
         let r = self
             .http
             .post(format!("{t}/api/files/share"))
             .bearer_auth(token)
-            .json(&json!({"file_id": file, "with": other_name, "rights": ["read"]}))
-            .send()
-            .await;
-        if finish(o, r).await.is_none() {
+            .json(&json!({"file_id": file, "with": other_name, "rights": ["read"]}));
+        if call(o, r).await.is_none() {
             return;
         }
         let their = match self.token(&self.users[other], o).await {
@@ -582,14 +569,11 @@ impl Session {
                 return;
             }
         };
-        o.http_requests += 1;
         let r = self
             .http
             .get(format!("{t}/api/files/{file}"))
-            .bearer_auth(&their)
-            .send()
-            .await;
-        if finish(o, r).await.is_some() {
+            .bearer_auth(&their);
+        if call(o, r).await.is_some() {
             let mut u = self.users[other].lock().unwrap_or_else(|e| e.into_inner());
             if u.files.len() < 64 && !u.files.iter().any(|f| f == file) {
                 u.files.push(file.to_string());
@@ -600,15 +584,12 @@ impl Session {
     /// Start an import and follow its job to the end.
     async fn import(&self, o: &mut Outcome, token: &str, url: &str) {
         let t = &self.target;
-        o.http_requests += 1;
         let r = self
             .http
             .post(format!("{t}/api/files/download"))
             .bearer_auth(token)
-            .json(&json!({"url": url}))
-            .send()
-            .await;
-        let Some(job) = finish(o, r).await.map(|b| json_of(&b)) else {
+            .json(&json!({"url": url}));
+        let Some(job) = call(o, r).await.map(|b| json_of(&b)) else {
             return;
         };
         let Some(id) = job["id"].as_str() else {
@@ -618,14 +599,11 @@ impl Session {
         let until = Instant::now() + Duration::from_secs(300);
         while Instant::now() < until {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            o.http_requests += 1;
             let r = self
                 .http
                 .get(format!("{t}/api/jobs/{id}"))
-                .bearer_auth(token)
-                .send()
-                .await;
-            let Some(v) = finish(o, r).await.map(|b| json_of(&b)) else {
+                .bearer_auth(token);
+            let Some(v) = call(o, r).await.map(|b| json_of(&b)) else {
                 return;
             };
             match v["state"].as_str() {

@@ -713,15 +713,13 @@ fn find_capacity(steps: &[StepInfo], r: &Recorder, client_cpus: f64, shared: boo
         .take_while(|s| matches!(s.verdict, Some(Ok(()))))
         .map(|s| s.rate)
         .last();
-    let broken = steps.iter().find(|s| matches!(s.verdict, Some(Err(_))));
-    let at = broken.or(steps.last());
+    let broken_at = steps.iter().position(|s| matches!(s.verdict, Some(Err(_))));
+    let broken = broken_at.map(|k| &steps[k]);
+    let at = broken_at.or(steps.len().checked_sub(1));
     let saturated = match at {
         None => "nothing measured (no step completed)".to_string(),
-        Some(step) => {
-            let k = steps
-                .iter()
-                .position(|s| std::ptr::eq(s, step))
-                .unwrap_or(0);
+        Some(k) => {
+            let step = &steps[k];
             let errors: BTreeMap<String, u64> = r.steps.get(k).map_or_else(BTreeMap::new, |m| {
                 let mut e = BTreeMap::new();
                 for a in m.values() {

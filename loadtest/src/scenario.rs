@@ -562,6 +562,13 @@ range = true
 
     #[test]
     fn bad_files_name_the_line_and_the_field() {
+        // GOOD with one more action.
+        let plus = |action: &str| {
+            GOOD.replace(
+                "range = true",
+                &format!("range = true\n[[actions]]\n{action}"),
+            )
+        };
         for (text, says) in [
             (GOOD.replace("rate = 10", "rat = 10"), "line 7"),
             (GOOD.replace("rate = 10", "rat = 10"), "rat"),
@@ -600,24 +607,24 @@ range = true
                 "missing field `every`",
             ),
             (
-                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"tus_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\ninterrupt = 2.0"),
+                plus("kind = \"tus_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\ninterrupt = 2.0"),
                 "actions[2].interrupt",
             ),
             (
-                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"grpc_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\nduplicate = -1"),
+                plus("kind = \"grpc_upload\"\nweight = 1\nsize = { dist = \"fixed\", size = \"1MiB\" }\nduplicate = -1"),
                 "actions[2].duplicate",
             ),
             (
-                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"import\"\nweight = 1\nurl = \"ftp://x\""),
+                plus("kind = \"import\"\nweight = 1\nurl = \"ftp://x\""),
                 "actions[2].url",
             ),
             (GOOD.replace("count = 2", "count = 2\nsubscribers = 100"), "users.subscribers"),
             (
-                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"session\"\nsteps = [{ kind = \"session\", steps = [{ kind = \"list\" }] }]"),
+                plus("kind = \"session\"\nsteps = [{ kind = \"session\", steps = [{ kind = \"list\" }] }]"),
                 "no session inside a session",
             ),
             (
-                GOOD.replace("range = true", "range = true\n[[actions]]\nkind = \"session\"\nsteps = [{ kind = \"tus_upload\", size = { dist = \"fixed\", size = \"1KiB\" }, interrupt = 3 }]"),
+                plus("kind = \"session\"\nsteps = [{ kind = \"tus_upload\", size = { dist = \"fixed\", size = \"1KiB\" }, interrupt = 3 }]"),
                 "actions[2].interrupt",
             ),
         ] {
